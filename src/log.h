@@ -1,0 +1,27 @@
+/*
+ * log.h - one-line log records on stderr.
+ *
+ * Each record is formatted into one buffer and written with a single write(2)
+ * so lines from different workers never interleave.  A record carries the UTC
+ * time, the level and the worker that wrote it ("main" for the main thread).
+ */
+#ifndef SLUICE_LOG_H
+#define SLUICE_LOG_H
+
+enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
+
+/* Sets the lowest level that is written (default LOG_INFO). */
+void log_set_level(enum log_level level);
+
+/* Names the calling thread in its records, e.g. "w1".  The name is copied. */
+void log_set_thread_name(const char *name);
+
+/* Writes one record.  Embedded newlines (tracebacks) are kept. */
+void log_write(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define log_debug(...) log_write(LOG_DEBUG, __VA_ARGS__)
+#define log_info(...) log_write(LOG_INFO, __VA_ARGS__)
+#define log_warn(...) log_write(LOG_WARN, __VA_ARGS__)
+#define log_error(...) log_write(LOG_ERROR, __VA_ARGS__)
+
+#endif

@@ -1,0 +1,86 @@
+/*
+ * lrt.h - runtime internals shared by runtime.c and the bind_*.c bindings.
+ * Only these files include Lua's headers.
+ */
+#ifndef SLUICE_LRT_H
+#define SLUICE_LRT_H
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <uv.h>
+
+#include "list.h"
+#include "runtime.h"
+
+struct worker;
+struct req;
+
+/* Pushes the results of a completed wait onto the task's coroutine and
+ * returns how many; status is what rt_wake() was given. */
+typedef int (*lrt_push_fn)(lua_State *co, task_t *t, int status);
+
+struct task {
+  uv_timer_t timer;       /* sleep and deferred start; the task's memory is
+                             freed in this handle's close callback */
+  runtime_t *rt;
+  lua_State *co;
+  int co_ref;             /* registry reference anchoring the coroutine */
+  struct req *req;        /* the request this task handles, or NULL */
+  struct req *wait_req;   /* the request whose body or drain it waits on */
+  lrt_push_fn push;       /* set while waiting */
+  list_node_t node;       /* on rt->tasks */
+  int nargs;              /* arguments waiting for a deferred start */
+  unsigned running : 1;
+  unsigned waiting : 1;
+  unsigned ended : 1;
+};
+
+struct runtime {
+  lua_State *L;
+  struct worker *w;
+  task_t *current;        /* the task being resumed, if any */
+  int dispatch_ref;       /* the app's dispatcher function */
+  list_node_t tasks;      /* live tasks */
+  list_node_t timers;     /* sluice.every/after timers */
+  unsigned stopping : 1;
+};
+
+/* The runtime that owns L (any of its coroutines). */
+static inline runtime_t *lrt_get(lua_State *L) { return *(runtime_t **)lua_getextraspace(L); }
+
+/* The running task; raises a Lua error naming fname when called outside
+ * one (at load time, from a __gc). */
+task_t *lrt_current(lua_State *L, const char *fname);
+
+/* Yields the running task until rt_wake(); push gives the values the
+ * yielding function returns.  Use as `return lrt_yield(L, t, push);`. */
+int lrt_yield(lua_State *L, task_t *t, lrt_push_fn push);
+
+/* The running task, or NULL when the caller cannot yield (load time,
+ * a __gc or __close, a C boundary). */
+task_t *lrt_try_current(lua_State *L);
+
+/* Encodes the value at idx as JSON and pushes the string; a Lua error for
+ * values JSON cannot hold. */
+void lrt_json_encode(lua_State *L, int idx);
+
+/* Creates a task running the function at the top of L's stack with nargs
+ * arguments below... (see runtime.c); start deferred to the next loop turn. */
+int lrt_spawn(runtime_t *rt, lua_State *L, int nargs);
+
+/* Registers the "sluice.core" module (bindings). */
+int luaopen_sluice_core(lua_State *L);
+
+/* Bindings' entry points used by the runtime. */
+void bind_push_request(lua_State *L, struct req *r);
+void bind_detach(struct req *r);
+void bind_json_open(lua_State *L);
+void bind_http_open(lua_State *L);
+void bind_timer_open(lua_State *L);
+void bind_timers_stop(runtime_t *rt);
+
+/* The marker our yields carry, to tell them from a user's coroutine.yield. */
+extern char lrt_yield_token;
+
+#endif

@@ -1,0 +1,57 @@
+/*
+ * runtime.h - a worker's Lua VM and the coroutines (tasks) it runs.
+ *
+ * Every request handler, spawned function and timer callback runs as a task:
+ * a Lua coroutine plus what it waits on.  A task that must wait (sleep, body,
+ * a full send queue) records what to push when it is woken and yields to the
+ * loop; the libuv callback that completes the wait resumes it with rt_wake().
+ * This header is Lua-free so the connection layer can use it; the Lua side of
+ * tasks is in lrt.h.
+ */
+#ifndef SLUICE_RUNTIME_H
+#define SLUICE_RUNTIME_H
+
+#include <stddef.h>
+
+struct worker;
+struct req;
+typedef struct runtime runtime_t;
+typedef struct task task_t;
+
+/* Creates the VM, loads the app from the worker's config and reads its
+ * options into w->app.  NULL on failure with a message in err. */
+runtime_t *rt_new(struct worker *w, char *err, size_t errlen);
+
+/* Stops the app's timers and background tasks (shutdown begins). */
+void rt_stop(runtime_t *rt);
+
+/* Kills what is left and closes the VM.  Call once every connection is
+ * closed; then run the loop until its handles are closed. */
+void rt_free(runtime_t *rt);
+
+/* Runs the app's dispatcher for a request whose head is complete.
+ * 0, or -ENOMEM. */
+int rt_dispatch(runtime_t *rt, struct req *r);
+
+/* Resumes a task waiting on an operation: status 0 when it completed,
+ * a negative errno when it failed (the waiting function turns it into its
+ * `nil, msg`). */
+void rt_wake(task_t *t, int status);
+
+/* Ends a task at once: pending to-be-closed variables are closed, its timer
+ * is stopped, and its request (if any) is told the handler is done. */
+void rt_kill(task_t *t);
+
+/* Makes every Lua handle on r see "closed" (r is about to be freed). */
+void rt_detach_handles(struct req *r);
+
+/* Whether a stream must stay open after its handler returned (it has
+ * subscriptions that feed it). */
+int rt_stream_kept(const struct req *r);
+
+/* The budget hook's installer, called from the watchdog signal handler on
+ * the worker's own thread: makes the coroutine co raise an error at its
+ * next instruction. */
+void rt_interrupt(void *co);
+
+#endif

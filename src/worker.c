@@ -1,0 +1,283 @@
+/* worker.c - see worker.h. */
+#include "worker.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "log.h"
+#include "request.h"
+#include "runtime.h"
+#include "sse_encode.h"
+
+#define TICK_MS 250
+#define SHUTDOWN_GRACE_MS 1500
+
+static _Thread_local worker_t *tls_worker;
+
+/* ------------------------------------------------------------ watchdog */
+
+void worker_busy_begin(worker_t *w, void *co) {
+  w->running_co = co;
+  atomic_fetch_add(&w->resume_gen, 1);
+  atomic_store(&w->busy_since, uv_hrtime() / 1000000 + 1); /* never 0 */
+}
+
+void worker_busy_end(worker_t *w) {
+  atomic_store(&w->busy_since, 0);
+  w->running_co = NULL;
+}
+
+void worker_watchdog(worker_t *w, uint64_t now_ms) {
+  uint64_t since = atomic_load(&w->busy_since);
+  double budget = w->app.cpu_budget;
+  if (since == 0 || budget <= 0) return;
+  if (now_ms + 1 - since <= (uint64_t)(budget * 1000)) return;
+  unsigned gen = atomic_load(&w->resume_gen);
+  if (atomic_load(&w->kill_gen) == gen) return; /* already interrupted */
+  atomic_store(&w->kill_gen, gen);
+  pthread_kill(w->tid, SIGURG);
+}
+
+/* Runs on the worker's own thread, between two Lua instructions or inside
+ * a C call: it only arms a hook (lua_sethook is safe here, as in lua.c's
+ * SIGINT handling); the hook raises the error in Lua's own time. */
+static void on_budget_signal(int sig) {
+  (void)sig;
+  worker_t *w = tls_worker;
+  if (w == NULL) return;
+  void *co = w->running_co;
+  if (co != NULL && atomic_load(&w->kill_gen) == atomic_load(&w->resume_gen)) rt_interrupt(co);
+}
+
+/* ------------------------------------------------------------ helpers */
+
+void worker_mark_pending(worker_t *w, conn_t *c) {
+  if (!list_linked(&c->pend)) list_push_back(&w->pending, &c->pend);
+}
+
+const char *worker_date(worker_t *w) {
+  time_t now = time(NULL);
+  if ((uint64_t)now != w->date_sec) {
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(w->date, sizeof(w->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+    w->date_sec = (uint64_t)now;
+  }
+  return w->date;
+}
+
+/* -------------------------------------------------------------- loop */
+
+static void on_idle(uv_idle_t *h) { (void)h; /* keeps poll from sleeping */ }
+
+/* Before the loop sleeps: parse what pipelined clients left waiting and
+ * flush every connection that was written to during this iteration. */
+static void on_prepare(uv_prepare_t *h) {
+  worker_t *w = h->data;
+  list_node_t work;
+  list_init(&work);
+  list_splice(&work, &w->pending); /* what is marked while we run waits a turn */
+  while (!list_empty(&work)) {
+    conn_t *c = list_entry(work.next, conn_t, pend);
+    list_remove(&c->pend);
+    conn_process(c);
+  }
+  if (list_empty(&w->pending))
+    uv_idle_stop(&w->idle);
+  else
+    uv_idle_start(&w->idle, on_idle);
+}
+
+/* Sends a heartbeat comment on every stream silent for too long.  The list
+ * is ordered by last output, so this stops at the first stream not due. */
+static void heartbeats(worker_t *w, uint64_t now) {
+  if (w->app.heartbeat <= 0) return;
+  uint64_t every = (uint64_t)(w->app.heartbeat * 1000);
+  while (!list_empty(&w->streams)) {
+    req_t *r = list_entry(w->streams.next, req_t, hb);
+    if (r->last_out + every > now) break;
+    if (req_stream_write(r, w->heartbeat) != 0) list_remove(&r->hb);
+  }
+}
+
+static void finish(worker_t *w);
+
+static void on_tick(uv_timer_t *h) {
+  worker_t *w = h->data;
+  uint64_t now = worker_now(w);
+  conn_sweep(w, now);
+  heartbeats(w, now);
+  if (w->stopping && now >= w->stop_deadline) {
+    /* The grace is over: whatever is still open is cut. */
+    for (list_node_t *n = w->conns.next; n != &w->conns; n = n->next)
+      conn_close(list_entry(n, conn_t, all)); /* unlinked in its close callback */
+  }
+  if (w->stopping && w->nconns == 0) finish(w);
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+  worker_t *w = server->data;
+  if (status < 0) {
+    log_warn("accept: %s", uv_strerror(status));
+    return;
+  }
+  conn_accept(w);
+}
+
+/* Begins the shutdown: no new connections, streams end cleanly (their
+ * queues flushed), idle connections close, running requests finish. */
+static void begin_stop(worker_t *w) {
+  if (w->stopping) return;
+  w->stopping = 1;
+  w->stop_deadline = worker_now(w) + SHUTDOWN_GRACE_MS;
+  if (!uv_is_closing((uv_handle_t *)&w->listener)) uv_close((uv_handle_t *)&w->listener, NULL);
+  rt_stop(w->rt);
+  list_node_t *n = w->conns.next;
+  while (n != &w->conns) {
+    conn_t *c = list_entry(n, conn_t, all);
+    n = n->next;
+    if (c->state == CONN_STREAM && c->req != NULL)
+      req_stream_end(c->req);
+    else if (c->state == CONN_IDLE || c->state == CONN_HEAD_WAIT)
+      conn_end(c);
+    /* CONN_ACTIVE: its response goes out with "Connection: close". */
+  }
+  if (w->nconns == 0) finish(w);
+}
+
+static void on_wake(uv_async_t *h) {
+  worker_t *w = h->data;
+  if (atomic_load(&w->stop_requested)) begin_stop(w);
+}
+
+static void close_handle(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+/* Everything is closed: free the VM and let the loop end. */
+static void finish(worker_t *w) {
+  if (w->rt == NULL) return;
+  rt_free(w->rt);
+  w->rt = NULL;
+  uv_walk(&w->loop, close_handle, NULL);
+}
+
+void worker_conn_closed(worker_t *w) {
+  if (w->stopping && w->nconns == 0) finish(w);
+}
+
+void worker_stop(worker_t *w) {
+  atomic_store(&w->stop_requested, 1);
+  uv_async_send(&w->wake);
+}
+
+/* ------------------------------------------------------------ startup */
+
+/* Binds this worker's own listening socket: SO_REUSEPORT lets the kernel
+ * spread connections over the workers without a shared accept lock. */
+static int listen_socket(worker_t *w) {
+  const struct sockaddr *sa = (const struct sockaddr *)&w->srv->addr;
+  int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+      bind(fd, sa, w->srv->addrlen) != 0) {
+    int e = -errno;
+    close(fd);
+    return e;
+  }
+  uv_tcp_init(&w->loop, &w->listener);
+  w->listener.data = w;
+  int rc = uv_tcp_open(&w->listener, fd);
+  if (rc == 0) rc = uv_listen((uv_stream_t *)&w->listener, 4096, on_connection);
+  return rc;
+}
+
+static void worker_main(void *arg) {
+  worker_t *w = arg;
+  tls_worker = w;
+  w->tid = pthread_self();
+  char name[16];
+  snprintf(name, sizeof(name), "w%d", w->id);
+  log_set_thread_name(name);
+  /* Process signals belong to the main thread; the budget signal is ours. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+  list_init(&w->conns);
+  list_init(&w->pending);
+  list_init(&w->head_wait);
+  list_init(&w->idle_wait);
+  list_init(&w->streams);
+  uv_loop_init(&w->loop);
+  w->readbuf = malloc(WORKER_READBUF);
+  w->heartbeat = sse_encode_comment(NULL, 0);
+
+  uv_async_init(&w->loop, &w->wake, on_wake);
+  w->wake.data = w;
+  w->rt = rt_new(w, w->start_error, sizeof(w->start_error));
+  int rc = w->rt ? 0 : -EINVAL;
+  if (rc == 0) {
+    rc = listen_socket(w);
+    if (rc) snprintf(w->start_error, sizeof(w->start_error), "cannot listen on %s:%d: %s",
+                     w->cfg->host, w->cfg->port, uv_strerror(rc));
+  }
+  w->start_rc = rc;
+  if (rc != 0) {
+    uv_sem_post(&w->started);
+    if (w->rt) rt_free(w->rt);
+    w->rt = NULL;
+    uv_walk(&w->loop, close_handle, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&w->loop);
+    return;
+  }
+  uv_prepare_init(&w->loop, &w->prepare);
+  w->prepare.data = w;
+  uv_prepare_start(&w->prepare, on_prepare);
+  uv_unref((uv_handle_t *)&w->prepare);
+  uv_idle_init(&w->loop, &w->idle);
+  uv_timer_init(&w->loop, &w->tick);
+  w->tick.data = w;
+  uv_timer_start(&w->tick, on_tick, TICK_MS, TICK_MS);
+  atomic_fetch_add(&w->srv->running, 1);
+  uv_sem_post(&w->started);
+
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+  atomic_fetch_sub(&w->srv->running, 1);
+  if (uv_loop_close(&w->loop) != 0) log_warn("worker loop closed with handles still open");
+  frame_unref(w->heartbeat);
+  free(w->readbuf);
+}
+
+int worker_start(worker_t *w) {
+  static int signal_installed;
+  if (!signal_installed) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_budget_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGURG, &sa, NULL);
+    signal_installed = 1;
+  }
+  uv_sem_init(&w->started, 0);
+  int rc = uv_thread_create(&w->thread, worker_main, w);
+  if (rc) return rc;
+  uv_sem_wait(&w->started);
+  return w->start_rc;
+}

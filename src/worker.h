@@ -1,0 +1,105 @@
+/*
+ * worker.h - one thread: a uv loop, a Lua VM, a listener, its connections.
+ *
+ * A worker owns every connection it accepted and every Lua value in its VM;
+ * nothing of either ever crosses to another worker.  Its loop flushes output
+ * once per iteration, before it sleeps (the prepare phase), so everything a
+ * connection was sent during one iteration leaves in one writev.
+ */
+#ifndef SLUICE_WORKER_H
+#define SLUICE_WORKER_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "frame.h"
+#include "list.h"
+#include "server.h"
+
+struct runtime;
+
+#define WORKER_READBUF (64 * 1024)
+
+/* Options an app sets in sluice.app{...}, read once its VM is loaded. */
+typedef struct app_opts {
+  size_t max_body;     /* request body limit, bytes */
+  double heartbeat;    /* seconds of silence before a ":" comment; 0 = off */
+  long retry;          /* retry: sent when a stream opens; < 0 = none */
+  double cpu_budget;   /* seconds a handler may run without yielding */
+  char public_dir[4096];
+} app_opts_t;
+
+typedef struct worker {
+  int id;
+  server_t *srv;
+  const server_config_t *cfg;
+  uv_loop_t loop;
+  uv_thread_t thread;
+  uv_tcp_t listener;
+  uv_async_t wake;        /* stop requests from the main thread */
+  uv_prepare_t prepare;   /* before-sleep: parse stashed input, flush output */
+  uv_idle_t idle;         /* active while work is left for the next iteration */
+  uv_timer_t tick;        /* timeouts and heartbeats */
+  struct runtime *rt;
+  app_opts_t app;
+  char *readbuf;          /* shared by all connections: reads are consumed at once */
+  frame_t *heartbeat;     /* ":\n\n", shared by every stream */
+
+  list_node_t conns;      /* every open connection */
+  list_node_t pending;    /* connections with output to flush or input to parse */
+  list_node_t head_wait;  /* waiting for a request head; FIFO = deadline order */
+  list_node_t idle_wait;  /* keep-alive, between requests; FIFO = deadline order */
+  list_node_t streams;    /* open event streams, least recently written first */
+  unsigned nconns;
+
+  atomic_int stop_requested;
+  int stopping;
+  uint64_t stop_deadline;
+  char date[40];          /* "Date: ...\r\n", refreshed once a second */
+  uint64_t date_sec;
+
+  /* The watchdog: set around every Lua resume, read by the main thread. */
+  atomic_uint_least64_t busy_since; /* loop ms when the resume began; 0 idle */
+  atomic_uint resume_gen;
+  atomic_uint kill_gen;
+  void *volatile running_co;        /* lua_State being resumed */
+  pthread_t tid;
+
+  /* Startup handshake with the main thread. */
+  uv_sem_t started;
+  int start_rc;
+  char start_error[1024];
+} worker_t;
+
+/* Starts a worker thread; it signals w->started when its listener is bound
+ * and its app loaded, with w->start_rc 0 or an error (w->start_error). */
+int worker_start(worker_t *w);
+
+/* Asks a worker to stop (thread-safe): it stops accepting, ends its streams
+ * cleanly and exits its thread within the shutdown grace. */
+void worker_stop(worker_t *w);
+
+/* Called by the connection layer after a connection's memory is freed. */
+void worker_conn_closed(worker_t *w);
+
+/* Queues c for the before-sleep pass of its worker. */
+struct conn;
+void worker_mark_pending(worker_t *w, struct conn *c);
+
+/* The cached "Date: ...\r\n" header line for responses. */
+const char *worker_date(worker_t *w);
+
+/* Milliseconds on the worker's loop clock. */
+static inline uint64_t worker_now(worker_t *w) { return uv_now(&w->loop); }
+
+/* Brackets a Lua resume for the watchdog. */
+void worker_busy_begin(worker_t *w, void *co);
+void worker_busy_end(worker_t *w);
+
+/* Called from the main thread's watchdog: when the worker has been inside
+ * one resume for longer than its budget, interrupts it with a signal that
+ * arms a Lua hook to raise "cpu budget exceeded". */
+void worker_watchdog(worker_t *w, uint64_t now_ms);
+
+#endif
