@@ -18,7 +18,7 @@ deps:
 	@scripts/deps.sh $(DEPS)
 
 build:
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(TYPE) >/dev/null
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(TYPE) $(CMAKE_EXTRA) >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 
 run: deps build

@@ -41,13 +41,13 @@ void req_dispatch(req_t *r) {
 }
 
 void req_on_message(req_t *r) {
+  if (r->streaming && r->conn != NULL) conn_begin_stream(r->conn);
   if (r->wait == REQ_WAIT_BODY && r->waiter != NULL) {
     struct task *t = r->waiter;
     r->waiter = NULL;
     r->wait = REQ_WAIT_NONE;
-    rt_wake(t, 0);
+    rt_wake(t, 0); /* may finish the request: r is not touched after */
   }
-  if (r->streaming && r->conn != NULL) conn_begin_stream(r->conn);
 }
 
 void req_on_drain(req_t *r) {
