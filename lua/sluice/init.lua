@@ -316,6 +316,24 @@ end
 
 ---------------------------------------------------------------- responses
 
+---@class sluice.Response
+---@field status? integer default 200
+---@field headers? table<string,string|string[]> response headers (Content-Length, Connection, Date and Transfer-Encoding are the server's)
+---@field body? string sent as is (text/plain unless a content-type is given)
+---@field json? any encoded with sluice.json (application/json)
+
+---@class sluice.Event
+---@field data? string|table|number|boolean a table is JSON-encoded; lines split on CR, LF, CRLF
+---@field event? string must not contain CR, LF or NUL
+---@field id? string|number must not contain CR, LF or NUL
+---@field retry? integer reconnection delay in ms
+
+---@class sluice.Stream
+---@field closed boolean true once the client left or the stream was closed
+---@field send fun(self: sluice.Stream, ev: string|sluice.Event): true|nil, string? waits while the queue is full; nil, "closed" once gone
+---@field comment fun(self: sluice.Stream, text?: string): true|nil, string?
+---@field close fun(self: sluice.Stream)
+
 local TEXT = "text/plain; charset=utf-8"
 local JSON = "application/json"
 
