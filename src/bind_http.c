@@ -111,23 +111,19 @@ static int push_body(lua_State *co, task_t *t, int status) {
 static int l_req_body(lua_State *L) {
   req_t *r = check_req(L, 1);
   if (r == NULL) return closed(L);
+  if (r->body_dropped) return luaL_error(L, "req:body(): the body is gone: the response was sent before it was read");
   if (r->msg.complete) {
     lua_pushlstring(L, r->msg.body.p ? r->msg.body.p : "", r->msg.body.len);
     return 1;
   }
   task_t *t = lrt_current(L, "req:body()");
   if (r->waiter != NULL) return luaL_error(L, "req:body(): another task is already waiting on this request");
-  if (r->responded || r->streaming) return luaL_error(L, "req:body(): the body cannot be read after the response began");
+  if (r->responded) return luaL_error(L, "req:body(): the body cannot be read after the response was sent");
   req_continue(r);
   r->waiter = t;
   r->wait = REQ_WAIT_BODY;
   t->wait_req = r;
   return lrt_yield(L, t, push_body);
-}
-
-/* Whether c may appear in a header field name (an RFC 9110 token). */
-static int token_char(unsigned char c) {
-  return c > 32 && c < 127 && !strchr("\"(),/:;<=>?@[\\]{}", c);
 }
 
 /* Headers the server writes itself (framing and connection management). */
@@ -172,7 +168,7 @@ static void render_headers(lua_State *L, int idx) {
     const char *name = lua_tolstring(L, -2, &nlen);
     if (nlen == 0) luaL_error(L, "header name must not be empty");
     for (size_t i = 0; i < nlen; i++)
-      if (!token_char((unsigned char)name[i])) luaL_error(L, "invalid header name '%s'", name);
+      if (!http_token_char((unsigned char)name[i])) luaL_error(L, "invalid header name '%s'", name);
     if (!reserved(name, nlen)) {
       if (lua_istable(L, -1)) {
         lua_Integer n = (lua_Integer)lua_rawlen(L, -1);

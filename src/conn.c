@@ -192,7 +192,7 @@ static void parse_input(conn_t *c, const char *p, size_t len) {
       req_dispatch(r);
       /* The handler may have answered already; its body (if any) still
        * has to be read, and dropped when nobody will read it. */
-      if (c->req == r && (r->responded || r->streaming) && !r->msg.complete) {
+      if (c->req == r && r->responded && !r->msg.complete) {
         if (r->msg.expect_continue && !r->sent_continue) {
           /* The client waits for our go before sending the body; it will
            * not come, so this connection cannot carry another request. */
@@ -202,6 +202,7 @@ static void parse_input(conn_t *c, const char *p, size_t len) {
           return;
         }
         http_parser_discard_body(c->parser);
+        r->body_dropped = 1;
       }
       again = c->req == r && !r->msg.complete;
       break;

@@ -13,11 +13,13 @@ struct http_parser {
   size_t max_head;      /* bytes of url + header names and values */
   size_t max_body;
   size_t head_bytes;
+  size_t body_bytes;    /* of the current message, kept or discarded */
   int status;           /* with HTTP_EV_ERROR: the status to answer */
   const char *reason;   /* with HTTP_EV_ERROR: a short explanation */
   enum http_event event;/* set by the callbacks, returned by http_feed */
   uint8_t in_value;     /* the last header callback was a value */
   uint8_t discard_body; /* the request was answered: drop its body bytes */
+  uint8_t in_message;   /* a message has begun and not yet completed */
 };
 
 _Static_assert((int)HTTP_METHOD_GET == (int)HTTP_GET && (int)HTTP_METHOD_HEAD == (int)HTTP_HEAD &&
@@ -35,6 +37,10 @@ static int fail(http_parser_t *p, int status, const char *reason) {
   return -1;
 }
 
+int http_token_char(unsigned char c) {
+  return c > 32 && c < 127 && !strchr("\"(),/:;<=>?@[\\]{}", c);
+}
+
 /* Counts head bytes against the limit; 0 or -1 after fail(). */
 static int count_head(http_parser_t *p, size_t n) {
   p->head_bytes += n;
@@ -46,9 +52,10 @@ static int on_message_begin(llhttp_t *ll) {
   http_parser_t *p = P(ll);
   if (p->msg == NULL) return fail(p, 500, "no message to parse into");
   http_msg_reset(p->msg);
-  p->head_bytes = 0;
+  p->head_bytes = p->body_bytes = 0;
   p->in_value = 0;
   p->discard_body = 0;
+  p->in_message = 1;
   return 0;
 }
 
@@ -85,6 +92,10 @@ static int on_header_field(llhttp_t *ll, const char *at, size_t n) {
   if (buf_reserve(&m->raw, n)) return fail(p, 503, "out of memory");
   for (size_t i = 0; i < n; i++) { /* names are case-insensitive: store lower */
     char c = at[i];
+    /* llhttp lets other names than tokens through ("Host : a", "A B: c");
+     * RFC 9112 demands a 400, and a name a proxy reads otherwise is a
+     * smuggling shape. */
+    if (!http_token_char((unsigned char)c)) return fail(p, 400, "invalid header name");
     m->raw.p[m->raw.len++] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
   }
   h->name_len += (uint32_t)n;
@@ -106,13 +117,22 @@ static int on_header_value(llhttp_t *ll, const char *at, size_t n) {
 }
 
 /* A header with an empty value produces no value callback; give it an
- * offset anyway so lookups see "". */
+ * offset anyway so lookups see "".  llhttp skips leading whitespace but
+ * passes trailing whitespace on, which is not part of the value either
+ * (RFC 9112 section 5): the value is the last thing in raw, so trim there. */
 static int on_header_value_complete(llhttp_t *ll) {
   http_parser_t *p = P(ll);
   http_msg_t *m = p->msg;
-  if (!p->in_value && m->nhdrs > 0) {
-    m->hdrs[m->nhdrs - 1].value = (uint32_t)m->raw.len;
+  if (m->nhdrs == 0) return 0;
+  http_hdr_t *h = &m->hdrs[m->nhdrs - 1];
+  if (h->name_len == 0) return fail(p, 400, "empty header name");
+  if (!p->in_value) {
+    h->value = (uint32_t)m->raw.len;
     p->in_value = 1;
+  }
+  while (h->value_len > 0 && (m->raw.p[m->raw.len - 1] == ' ' || m->raw.p[m->raw.len - 1] == '\t')) {
+    h->value_len--;
+    m->raw.len--;
   }
   return 0;
 }
@@ -127,6 +147,11 @@ static int on_headers_complete(llhttp_t *ll) {
   if (m->url_len == 0) return fail(p, 400, "empty request target");
   m->keep_alive = llhttp_should_keep_alive(ll) ? 1 : 0;
   m->chunked = (ll->flags & F_CHUNKED) ? 1 : 0;
+  /* llhttp rejects a Transfer-Encoding without chunked last only after
+   * this callback, which would have dispatched the request; an empty one
+   * it lets through.  Either way the body's length is unknown. */
+  if (!m->chunked && http_msg_header(m, "transfer-encoding", NULL) != NULL)
+    return fail(p, 400, "Transfer-Encoding without chunked last");
   if (ll->flags & F_CONTENT_LENGTH) {
     m->has_length = 1;
     m->content_length = ll->content_length;
@@ -151,11 +176,11 @@ static int on_headers_complete(llhttp_t *ll) {
 static int on_body(llhttp_t *ll, const char *at, size_t n) {
   http_parser_t *p = P(ll);
   http_msg_t *m = p->msg;
-  if (m->body.len + n > p->max_body) return fail(p, 413, "request body too large");
-  if (p->discard_body) {
-    m->body.len += n; /* count, for the limit, but keep nothing */
-    return 0;
-  }
+  /* Counted here rather than in body.len, which must keep describing the
+   * bytes that body.p holds when the rest is discarded. */
+  if (p->body_bytes + n > p->max_body) return fail(p, 413, "request body too large");
+  p->body_bytes += n;
+  if (p->discard_body) return 0;
   if (buf_append(&m->body, at, n)) return fail(p, 503, "out of memory");
   return 0;
 }
@@ -163,7 +188,11 @@ static int on_body(llhttp_t *ll, const char *at, size_t n) {
 static int on_message_complete(llhttp_t *ll) {
   http_parser_t *p = P(ll);
   p->msg->complete = 1;
+  p->in_message = 0;
   p->event = HTTP_EV_MESSAGE;
+  /* After an upgrade llhttp stops by itself (HPE_PAUSED_UPGRADE) right
+   * after this; pausing here as well would report the message twice. */
+  if (ll->upgrade) return 0;
   return HPE_PAUSED;
 }
 
@@ -201,9 +230,9 @@ void http_parser_set_max_body(http_parser_t *p, size_t max_body) { p->max_body =
 void http_parser_set_msg(http_parser_t *p, http_msg_t *msg) { p->msg = msg; }
 
 int http_parser_idle(const http_parser_t *p) {
-  /* llhttp reports "finish" state: safe to end here without a partial
-   * message. */
-  return p->ll.finish != HTTP_FINISH_UNSAFE;
+  /* Not llhttp's "finish" state: that one only turns safe once parsing
+   * goes on past the pause at the end of a message. */
+  return !p->in_message;
 }
 
 enum http_event http_feed(http_parser_t *p, const char *data, size_t len, size_t *used) {

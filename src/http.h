@@ -103,6 +103,9 @@ int http_parser_idle(const http_parser_t *p);
  * its length. */
 const char *http_msg_header(const http_msg_t *m, const char *name, size_t *len);
 
+/* Whether c may appear in a header field name (an RFC 9110 tchar). */
+int http_token_char(unsigned char c);
+
 /* The method's name, e.g. "GET". */
 const char *http_method_name(uint8_t method);
 

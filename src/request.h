@@ -41,6 +41,7 @@ typedef struct req {
   unsigned head_only : 1;   /* HEAD: no body bytes go out */
   unsigned keep_alive : 1;
   unsigned sent_continue : 1;
+  unsigned body_dropped : 1; /* answered before its body came: not kept */
 } req_t;
 
 /* Makes a request for connection c; NULL when out of memory. */
