@@ -21,12 +21,6 @@
 #include "static.h"
 #include "worker.h"
 
-#define REQ_MT "sluice.request"
-#define STREAM_MT "sluice.stream"
-
-typedef struct rhandle {
-  req_t *r; /* NULL once the request is gone */
-} rhandle_t;
 
 void bind_push_request(lua_State *L, req_t *r) {
   rhandle_t *h = lua_newuserdatauv(L, sizeof(*h), 0);
@@ -227,7 +221,21 @@ static int l_static(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  if (rc == -EACCES) {
+  if (rc == 0 && sf.status == 301) {
+    /* Location: the same path and query, with the slash. */
+    const http_msg_t *m = &r->msg;
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, "Location: ");
+    luaL_addlstring(&b, m->raw.p, r->path_len);
+    luaL_addchar(&b, '/');
+    luaL_addlstring(&b, m->raw.p + r->path_len, m->url_len - r->path_len);
+    luaL_addstring(&b, "\r\nContent-Type: text/plain; charset=utf-8\r\n");
+    luaL_pushresult(&b);
+    size_t hlen;
+    const char *hdrs = lua_tolstring(L, -1, &hlen);
+    req_respond(r, 301, hdrs, hlen, "moved\n", 6);
+  } else if (rc == -EACCES) {
     req_respond_error(r, 403, "forbidden");
   } else if (rc != 0) {
     req_respond_error(r, 500, "cannot read the file");
@@ -281,67 +289,75 @@ static int push_send(lua_State *co, task_t *t, int status) {
 }
 
 /* Reads string field name of the table at idx into (*s, *n); numbers are
- * turned into strings.  Absent: *s stays NULL. */
-static void field_string(lua_State *L, int idx, const char *name, const char **s, size_t *n) {
+ * turned into strings.  Absent: *s stays NULL.  The value is left on the
+ * stack, which keeps a converted number alive. */
+static void field_string(lua_State *L, int idx, const char *fname, const char *name,
+                         const char **s, size_t *n) {
   int t = lua_getfield(L, idx, name);
-  if (t == LUA_TSTRING || t == LUA_TNUMBER) {
-    *s = lua_tolstring(L, -1, n); /* stays referenced: it is in the table */
-  } else if (t != LUA_TNIL) {
-    luaL_error(L, "stream:send: field '%s' must be a string", name);
+  if (t == LUA_TSTRING || t == LUA_TNUMBER)
+    *s = lua_tolstring(L, -1, n);
+  else if (t != LUA_TNIL)
+    luaL_error(L, "%s: field '%s' must be a string", fname, name);
+}
+
+void lrt_check_event(lua_State *L, int idx, sse_event_t *ev, const char *fname) {
+  memset(ev, 0, sizeof(*ev));
+  ev->retry = -1;
+  idx = lua_absindex(L, idx);
+  switch (lua_type(L, idx)) {
+  case LUA_TSTRING:
+  case LUA_TNUMBER:
+    ev->data = lua_tolstring(L, idx, &ev->data_len);
+    break;
+  case LUA_TTABLE: {
+    int t = lua_getfield(L, idx, "data");
+    if (t == LUA_TSTRING || t == LUA_TNUMBER) {
+      ev->data = lua_tolstring(L, -1, &ev->data_len);
+    } else if (t == LUA_TTABLE || t == LUA_TBOOLEAN || t == LUA_TLIGHTUSERDATA) {
+      lrt_json_encode(L, -1);
+      ev->data = lua_tolstring(L, -1, &ev->data_len);
+    } else if (t != LUA_TNIL) {
+      luaL_error(L, "%s: field 'data' must be a string or a table", fname);
+    }
+    field_string(L, idx, fname, "event", &ev->event, &ev->event_len);
+    field_string(L, idx, fname, "id", &ev->id, &ev->id_len);
+    if (lua_getfield(L, idx, "retry") != LUA_TNIL) {
+      if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0)
+        luaL_error(L, "%s: field 'retry' must be a non-negative integer", fname);
+      ev->retry = lua_tointeger(L, -1);
+    }
+    break;
   }
-  /* leave the value on the stack: it keeps a converted number alive */
+  default:
+    luaL_typeerror(L, idx, "string or table");
+  }
+}
+
+frame_t *lrt_encode_event(lua_State *L, const sse_event_t *ev, const char *fname) {
+  frame_t *f;
+  enum sse_field bad;
+  int rc = sse_encode(ev, &f, &bad);
+  if (rc == -EINVAL) {
+    if (bad == SSE_FIELD_EMPTY) luaL_error(L, "%s: the event has no data, event, id or retry", fname);
+    luaL_error(L, "%s: field '%s' must not contain CR, LF or NUL", fname,
+               bad == SSE_FIELD_EVENT ? "event" : "id");
+  }
+  if (rc) luaL_error(L, "not enough memory");
+  return f;
 }
 
 /* stream:send(ev) -> true, or nil, "closed".  Waits while the connection's
  * queue is over its high-water mark. */
 static int l_send(lua_State *L) {
   req_t *r = check_stream(L);
-  sse_event_t ev = {0};
-  ev.retry = -1;
-  switch (lua_type(L, 2)) {
-  case LUA_TSTRING:
-  case LUA_TNUMBER:
-    ev.data = lua_tolstring(L, 2, &ev.data_len);
-    break;
-  case LUA_TTABLE: {
-    int t = lua_getfield(L, 2, "data");
-    if (t == LUA_TTABLE) {
-      lrt_json_encode(L, -1);
-      ev.data = lua_tolstring(L, -1, &ev.data_len);
-    } else if (t == LUA_TSTRING || t == LUA_TNUMBER) {
-      ev.data = lua_tolstring(L, -1, &ev.data_len);
-    } else if (t == LUA_TBOOLEAN || t == LUA_TLIGHTUSERDATA) {
-      lrt_json_encode(L, -1);
-      ev.data = lua_tolstring(L, -1, &ev.data_len);
-    } else if (t != LUA_TNIL) {
-      return luaL_error(L, "stream:send: field 'data' must be a string or a table");
-    }
-    field_string(L, 2, "event", &ev.event, &ev.event_len);
-    field_string(L, 2, "id", &ev.id, &ev.id_len);
-    if (lua_getfield(L, 2, "retry") != LUA_TNIL) {
-      if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0)
-        return luaL_error(L, "stream:send: field 'retry' must be a non-negative integer");
-      ev.retry = lua_tointeger(L, -1);
-    }
-    break;
-  }
-  default:
-    return luaL_typeerror(L, 2, "string or table");
-  }
-  frame_t *f;
-  enum sse_field bad;
-  int rc = sse_encode(&ev, &f, &bad);
-  if (rc == -EINVAL) {
-    if (bad == SSE_FIELD_EMPTY) return luaL_error(L, "stream:send: the event has no data, event, id or retry");
-    return luaL_error(L, "stream:send: field '%s' must not contain CR, LF or NUL",
-                      bad == SSE_FIELD_EVENT ? "event" : "id");
-  }
-  if (rc) return luaL_error(L, "not enough memory");
+  sse_event_t ev;
+  lrt_check_event(L, 2, &ev, "stream:send");
+  frame_t *f = lrt_encode_event(L, &ev, "stream:send");
   if (r == NULL) {
     frame_unref(f);
     return closed(L);
   }
-  rc = req_stream_write(r, f);
+  int rc = req_stream_write(r, f);
   frame_unref(f);
   if (rc) return closed(L);
   if (req_queued(r) > CONN_HIGH_WATER && r->waiter == NULL) {

@@ -220,7 +220,16 @@ static void parse_input(conn_t *c, const char *p, size_t len) {
   if (len > 0 && c->state != CONN_CLOSING && c->parser != NULL) keep_rest(c, p, len);
 }
 
+void conn_kill(conn_t *c) {
+  c->kill = 1;
+  worker_mark_pending(c->w, c);
+}
+
 void conn_process(conn_t *c) {
+  if (c->kill) {
+    conn_close(c);
+    return;
+  }
   if (c->state == CONN_CLOSING && !c->end_after_flush) return;
   if (c->stash.len > 0 && ready_for_request(c)) {
     /* Parse out of a private copy: parsing may stash again. */

@@ -57,6 +57,7 @@ typedef struct conn {
   uint8_t state;
   unsigned end_after_flush : 1; /* close once the queue is empty */
   unsigned reading : 1;
+  unsigned kill : 1;            /* conn_kill: close in the before-sleep pass */
 } conn_t;
 
 /* Accepts one connection from w's listener. */
@@ -74,6 +75,10 @@ void conn_process(conn_t *c);
 
 /* Closes once everything queued has been sent. */
 void conn_end(conn_t *c);
+
+/* Closes before the loop sleeps (not now: the caller may be walking a list
+ * the close would change), dropping queued output. */
+void conn_kill(conn_t *c);
 
 /* Closes at once, dropping queued output; aborts the request in progress. */
 void conn_close(conn_t *c);

@@ -294,6 +294,15 @@ void http_msg_reset(http_msg_t *m) {
   m->head_done = m->complete = m->upgrade = 0;
 }
 
+void http_msg_shrink(http_msg_t *m) {
+  buf_free(&m->raw);
+  buf_free(&m->body);
+  free(m->hdrs);
+  m->hdrs = NULL;
+  m->hdrs_cap = m->nhdrs = 0;
+  m->url_len = 0;
+}
+
 void http_msg_free(http_msg_t *m) {
   buf_free(&m->raw);
   buf_free(&m->body);

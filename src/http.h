@@ -112,6 +112,10 @@ const char *http_method_name(uint8_t method);
 /* Releases the message's memory; it is empty and reusable afterwards. */
 void http_msg_free(http_msg_t *m);
 
+/* Frees the head and body bytes but keeps the flags (complete, keep_alive
+ * ...): for a request that lives on as a stream. */
+void http_msg_shrink(http_msg_t *m);
+
 /* Resets the message for reuse, keeping its buffers' memory. */
 void http_msg_reset(http_msg_t *m);
 

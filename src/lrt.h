@@ -10,8 +10,10 @@
 #include <lualib.h>
 #include <uv.h>
 
+#include "frame.h"
 #include "list.h"
 #include "runtime.h"
+#include "sse_encode.h"
 
 struct worker;
 struct req;
@@ -65,6 +67,22 @@ task_t *lrt_try_current(lua_State *L);
  * values JSON cannot hold. */
 void lrt_json_encode(lua_State *L, int idx);
 
+/* Reads an event argument (a string, or { data, event, id, retry }) into
+ * ev; its strings stay valid while the stack slots above idx stay.  Bad
+ * fields are misuse: a Lua error naming fname. */
+void lrt_check_event(lua_State *L, int idx, sse_event_t *ev, const char *fname);
+
+/* Encodes ev into a new frame, or raises the encoder's refusal. */
+frame_t *lrt_encode_event(lua_State *L, const sse_event_t *ev, const char *fname);
+
+/* A request or stream handle (userdata): NULL once the request is gone. */
+typedef struct rhandle {
+  struct req *r;
+} rhandle_t;
+
+#define REQ_MT "sluice.request"
+#define STREAM_MT "sluice.stream"
+
 /* Creates a task running the function at the top of L's stack with nargs
  * arguments below... (see runtime.c); start deferred to the next loop turn. */
 int lrt_spawn(runtime_t *rt, lua_State *L, int nargs);
@@ -77,6 +95,7 @@ void bind_push_request(lua_State *L, struct req *r);
 void bind_detach(struct req *r);
 void bind_json_open(lua_State *L);
 void bind_http_open(lua_State *L);
+void bind_hub_open(lua_State *L);
 void bind_timer_open(lua_State *L);
 void bind_timers_stop(runtime_t *rt);
 

@@ -8,6 +8,7 @@
 
 #include "buf.h"
 #include "conn.h"
+#include "fanout.h"
 #include "log.h"
 #include "runtime.h"
 #include "worker.h"
@@ -18,6 +19,7 @@ req_t *req_new(conn_t *c) {
   r->conn = c;
   r->w = c->w;
   list_init(&r->hb);
+  list_init(&r->subs);
   r->keep_alive = 1;
   return r;
 }
@@ -61,6 +63,7 @@ void req_on_drain(req_t *r) {
 
 /* Releases what every ending path releases. */
 static void release(req_t *r) {
+  fanout_unsubscribe_all(r);
   list_remove(&r->hb);
   http_msg_free(&r->msg);
   free(r);
@@ -69,6 +72,7 @@ static void release(req_t *r) {
 void req_abort(req_t *r) {
   r->conn = NULL;
   list_remove(&r->hb);
+  fanout_unsubscribe_all(r);
   /* From here every Lua handle sees "closed". */
   rt_detach_handles(r);
   if (r->waiter != NULL && r->waiter != r->task) {
@@ -229,8 +233,13 @@ size_t req_queued(const req_t *r) { return r->conn ? r->conn->wq.bytes : 0; }
 
 void req_handler_done(req_t *r) {
   if (r->streaming) {
-    /* A stream with nothing left to feed it ends with its handler. */
-    if (!rt_stream_kept(r)) req_stream_end(r);
+    /* A stream with nothing left to feed it ends with its handler; a
+     * subscribed one lives on, fed by the hub, without the request's head
+     * and body bytes (idle subscribers stay small). */
+    if (!fanout_subscribed(r))
+      req_stream_end(r);
+    else if (r->msg.complete)
+      http_msg_shrink(&r->msg);
   } else if (!r->responded && r->conn != NULL) {
     log_error("handler for %.*s returned no response", (int)r->path_len, r->msg.raw.p);
     r->keep_alive = 0;

@@ -33,6 +33,7 @@ typedef struct req {
   uint8_t wait;             /* enum req_wait: what waiter waits for */
   void *h_req, *h_stream;   /* Lua handles pointing here (bind layer) */
   list_node_t hb;           /* on w->streams while streaming */
+  list_node_t subs;         /* its channel subscriptions (fanout.h) */
   uint64_t last_out;        /* loop ms of the last stream output */
   size_t path_len;          /* the url's path part is msg.raw.p[0 .. path_len) */
   unsigned responded : 1;   /* the complete response is queued */
@@ -42,6 +43,7 @@ typedef struct req {
   unsigned keep_alive : 1;
   unsigned sent_continue : 1;
   unsigned body_dropped : 1; /* answered before its body came: not kept */
+  unsigned slow : 1;        /* dropped as a slow subscriber */
 } req_t;
 
 /* Makes a request for connection c; NULL when out of memory. */

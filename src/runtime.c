@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hub.h"
 #include "log.h"
 #include "lrt.h"
 #include "request.h"
@@ -273,10 +274,6 @@ int rt_dispatch(runtime_t *rt, struct req *r) {
 
 void rt_detach_handles(struct req *r) { bind_detach(r); }
 
-int rt_stream_kept(const struct req *r) {
-  (void)r; /* subscriptions arrive with the hub */
-  return 0;
-}
 
 /* ---------------------------------------------------------- the VM */
 
@@ -314,6 +311,10 @@ static int load_app(runtime_t *rt) {
   o->heartbeat = opt_number(L, -1, "heartbeat", 15);
   o->retry = (long)opt_number(L, -1, "retry", -1);
   o->cpu_budget = opt_number(L, -1, "cpu_budget", 1.0);
+  o->max_queue = (size_t)opt_number(L, -1, "max_queue", 1024 * 1024);
+  o->history = (size_t)opt_number(L, -1, "history", 1000);
+  o->history_ttl = opt_number(L, -1, "history_ttl", 0);
+  hub_configure(rt->w->srv->hub, o->history, o->history_ttl);
   lua_getfield(L, -1, "public");
   const char *pub = lua_isstring(L, -1) ? lua_tostring(L, -1) : "public";
   int n = pub[0] == '/' ? snprintf(o->public_dir, sizeof(o->public_dir), "%s", pub)

@@ -45,10 +45,6 @@ void rt_kill(task_t *t);
 /* Makes every Lua handle on r see "closed" (r is about to be freed). */
 void rt_detach_handles(struct req *r);
 
-/* Whether a stream must stay open after its handler returned (it has
- * subscriptions that feed it). */
-int rt_stream_kept(const struct req *r);
-
 /* The budget hook's installer, called from the watchdog signal handler on
  * the worker's own thread: makes the coroutine co raise an error at its
  * next instruction. */

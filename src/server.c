@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "hub.h"
 #include "log.h"
 #include "worker.h"
 
@@ -87,10 +88,26 @@ int server_run(const server_config_t *cfg) {
   atomic_init(&server.running, 0);
   if (resolve(cfg) != 0 || probe_port(cfg) != 0) return 1;
 
+  /* Signals first: a SIGTERM that arrives while workers start must begin a
+   * clean stop, not kill the process with the default action. */
+  uv_loop_t *loop = uv_default_loop();
+  uv_signal_t sigint, sigterm;
+  uv_timer_t watchdog;
+  uv_signal_init(loop, &sigint);
+  uv_signal_init(loop, &sigterm);
+  uv_signal_start(&sigint, on_signal, SIGINT);
+  uv_signal_start(&sigterm, on_signal, SIGTERM);
+
+  server.hub = hub_new(cfg->workers);
   server.workers = calloc((size_t)cfg->workers, sizeof(*server.workers));
+  if (server.hub == NULL || server.workers == NULL) {
+    log_error("out of memory");
+    return 1;
+  }
   for (int i = 0; i < cfg->workers; i++) {
     worker_t *w = calloc(1, sizeof(*w));
     w->id = i + 1;
+    w->idx = i;
     w->srv = &server;
     w->cfg = &server.cfg;
     server.workers[i] = w;
@@ -109,18 +126,14 @@ int server_run(const server_config_t *cfg) {
            cfg->app_dir, cfg->host, cfg->port, cfg->workers, cfg->workers == 1 ? "" : "s",
            cfg->reload ? " (reload on)" : "");
 
-  uv_loop_t *loop = uv_default_loop();
-  uv_signal_t sigint, sigterm;
-  uv_timer_t watchdog;
-  uv_signal_init(loop, &sigint);
-  uv_signal_init(loop, &sigterm);
-  uv_signal_start(&sigint, on_signal, SIGINT);
-  uv_signal_start(&sigterm, on_signal, SIGTERM);
   uv_timer_init(loop, &watchdog);
   uv_timer_start(&watchdog, on_watchdog, WATCHDOG_MS, WATCHDOG_MS);
   uv_run(loop, UV_RUN_DEFAULT);
 
   for (int i = 0; i < server.nworkers; i++) uv_thread_join(&server.workers[i]->thread);
+  hub_free(server.hub);
+  for (int i = 0; i < server.nworkers; i++) free(server.workers[i]);
+  free(server.workers);
   log_info("stopped");
   return 0;
 }

@@ -33,6 +33,7 @@ typedef struct server {
   struct sockaddr_storage addr;/* where the listeners bind */
   socklen_t addrlen;
   struct worker **workers;
+  struct hub *hub;
   int nworkers;
 } server_t;
 

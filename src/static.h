@@ -13,7 +13,9 @@
 #include "frame.h"
 
 typedef struct static_file {
-  int status;         /* 200, or 304 when if_none_match matched */
+  int status;         /* 200; 304 when if_none_match matched; 301 for a
+                         directory asked for without its trailing slash
+                         (redirect to url_path + "/"; nothing else is set) */
   const char *mime;   /* static string, e.g. "text/html; charset=utf-8" */
   char etag[64];      /* quoted strong validator, e.g. "\"5f3a-1c2\"" */
   long long mtime;    /* seconds since the epoch, for Last-Modified */
@@ -23,7 +25,7 @@ typedef struct static_file {
 
 /* Looks up url_path (the raw, still percent-encoded request path without the
  * query) under root.  A directory maps to its index.html; a directory path
- * without a trailing slash is treated the same.  if_none_match (NULL when
+ * without a trailing slash gets status 301.  if_none_match (NULL when
  * absent) is compared with the file's ETag (a list and "*" are honoured).
  * head_only: do not read the bytes.
  * Returns 0 with *out filled; -ENOENT when there is no such file;

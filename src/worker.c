@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "conn.h"
+#include "fanout.h"
 #include "log.h"
 #include "request.h"
 #include "runtime.h"
@@ -155,6 +156,7 @@ static void begin_stop(worker_t *w) {
 
 static void on_wake(uv_async_t *h) {
   worker_t *w = h->data;
+  fanout_drain(w);
   if (atomic_load(&w->stop_requested)) begin_stop(w);
 }
 
@@ -166,6 +168,11 @@ static void close_handle(uv_handle_t *h, void *arg) {
 /* Everything is closed: free the VM and let the loop end. */
 static void finish(worker_t *w) {
   if (w->rt == NULL) return;
+  hub_detach(w->srv->hub, w->idx);
+  hub_msg_t *items;
+  size_t n = hub_inbox_take(&w->inbox, &items);
+  for (size_t i = 0; i < n; i++) frame_unref(items[i].frame);
+  free(items);
   rt_free(w->rt);
   w->rt = NULL;
   uv_walk(&w->loop, close_handle, NULL);
@@ -229,8 +236,11 @@ static void worker_main(void *arg) {
 
   uv_async_init(&w->loop, &w->wake, on_wake);
   w->wake.data = w;
+  uv_mutex_init(&w->inbox.lock);
+  w->inbox.wake = &w->wake;
   w->rt = rt_new(w, w->start_error, sizeof(w->start_error));
   int rc = w->rt ? 0 : -EINVAL;
+  if (rc == 0) hub_attach(w->srv->hub, w->idx, &w->inbox);
   if (rc == 0) {
     rc = listen_socket(w);
     if (rc) snprintf(w->start_error, sizeof(w->start_error), "cannot listen on %s:%d: %s",
@@ -238,6 +248,7 @@ static void worker_main(void *arg) {
   }
   w->start_rc = rc;
   if (rc != 0) {
+    hub_detach(w->srv->hub, w->idx);
     uv_sem_post(&w->started);
     if (w->rt) rt_free(w->rt);
     w->rt = NULL;
@@ -262,6 +273,7 @@ static void worker_main(void *arg) {
   if (uv_loop_close(&w->loop) != 0) log_warn("worker loop closed with handles still open");
   frame_unref(w->heartbeat);
   free(w->readbuf);
+  uv_mutex_destroy(&w->inbox.lock);
 }
 
 int worker_start(worker_t *w) {

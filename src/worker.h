@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "frame.h"
+#include "hub.h"
 #include "list.h"
 #include "server.h"
 
@@ -27,17 +28,30 @@ typedef struct app_opts {
   double heartbeat;    /* seconds of silence before a ":" comment; 0 = off */
   long retry;          /* retry: sent when a stream opens; < 0 = none */
   double cpu_budget;   /* seconds a handler may run without yielding */
+  size_t max_queue;    /* bytes queued for a subscriber before it is dropped */
+  size_t history;      /* events kept per channel */
+  double history_ttl;  /* seconds events stay in history; 0 = no limit */
   char public_dir[4096];
 } app_opts_t;
 
+/* Per-worker counters (read by stats; only the worker writes them). */
+typedef struct worker_stats {
+  uint64_t subscribers;   /* subscriptions open now */
+  uint64_t delivered;     /* hub events written to subscribers */
+  uint64_t slow_drops;    /* subscribers dropped at max_queue */
+} worker_stats_t;
+
 typedef struct worker {
-  int id;
+  int id;                 /* 1-based, for logs */
+  int idx;                /* 0-based slot in the hub */
+  hub_inbox_t inbox;      /* events posted by the hub */
+  worker_stats_t stats;
   server_t *srv;
   const server_config_t *cfg;
   uv_loop_t loop;
   uv_thread_t thread;
   uv_tcp_t listener;
-  uv_async_t wake;        /* stop requests from the main thread */
+  uv_async_t wake;        /* hub events and stop requests */
   uv_prepare_t prepare;   /* before-sleep: parse stashed input, flush output */
   uv_idle_t idle;         /* active while work is left for the next iteration */
   uv_timer_t tick;        /* timeouts and heartbeats */

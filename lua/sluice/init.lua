@@ -27,6 +27,9 @@ sluice.now = core.now
 sluice.spawn = core.spawn
 sluice.every = core.every
 sluice.after = core.after
+sluice.publish = core.publish
+sluice.history = core.history
+sluice.stats = core.stats
 
 -------------------------------------------------------------------- logging
 

@@ -115,9 +115,7 @@ local started = {}
 testing._reaper = setmetatable({}, {
   __gc = function()
     for _, srv in ipairs(started) do
-      if srv.pid and not srv:exit_status() then
-        os.execute(("kill -KILL %d 2>/dev/null"):format(srv.pid))
-      end
+      if srv.pid and not srv:exit_status() then srv:kill() end
       for _, p in ipairs { srv.log_path, srv._pid_path, srv._status_path, srv._base } do
         os.remove(p)
       end

@@ -185,10 +185,38 @@ describe("HTTP", function()
       conn:close()
     end)
 
-    it("answer a malformed request line with 400 and close", function()
+    it("close after the response when the request says Connection: close", function()
+      local conn = assert(client:connect())
+      local res = assert(conn:request("GET", "/hello/x", { headers = { Connection = "close" } }))
+      assert.are.equal("hello x", res.body)
+      assert.is_true((conn:closed(3)), "connection left open")
+      conn:close()
+    end)
+
+    it("close after answering an HTTP/1.0 request without keep-alive", function()
+      local conn = assert(client:connect())
+      assert(conn:send("GET /hello/old HTTP/1.0\r\n\r\n"))
+      local res = assert(conn:receive_response())
+      assert.are.equal(200, res.status)
+      assert.are.equal("hello old", res.body)
+      assert.is_true((conn:closed(3)), "connection left open")
+      conn:close()
+    end)
+
+    it("stay usable after 404 and 405 answers", function()
+      local conn = assert(client:connect())
+      assert.are.equal(404, assert(conn:request("GET", "/nope")).status)
+      assert.are.equal(405, assert(conn:request("DELETE", "/hello/x")).status)
+      assert.are.equal("hello y", assert(conn:request("GET", "/hello/y")).body)
+      conn:close()
+    end)
+
+    it("answer a malformed request with 400 and close", function()
       for _, bad in ipairs {
         "THIS IS NOT HTTP\r\n\r\n",
         "GET /hello/x HTTP/1.1\r\nHost: t\r\nno colon here\r\n\r\n",
+        -- a request smuggling shape: both lengths
+        "POST /raw HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
       } do
         local conn = assert(client:connect())
         assert(conn:send(bad))
@@ -209,6 +237,16 @@ describe("HTTP", function()
       conn:close()
     end)
 
+    it("answer more than 100 header fields with 431", function()
+      local lines = {}
+      for i = 1, 150 do lines[i] = ("X-H%d: v\r\n"):format(i) end
+      local conn = assert(client:connect())
+      conn:send("GET /hello/x HTTP/1.1\r\nHost: t\r\n" .. table.concat(lines) .. "\r\n")
+      local res = assert(conn:receive_response())
+      assert.are.equal(431, res.status)
+      conn:close()
+    end)
+
     it("accept a body up to max_body", function()
       local body = ("b"):rep(1000)
       local res = assert(client:request("POST", "/raw", { body = body }))
@@ -219,6 +257,15 @@ describe("HTTP", function()
     it("answer a Content-Length body over max_body with 413", function()
       local res = assert(client:request("POST", "/raw", { body = ("b"):rep(2048) }))
       assert.are.equal(413, res.status)
+    end)
+
+    it("answer an Expect: 100-continue body over max_body with 413", function()
+      local conn = assert(client:connect())
+      assert(conn:send("POST /raw HTTP/1.1\r\nHost: t\r\nContent-Length: 4096\r\nExpect: 100-continue\r\n\r\n"))
+      local res = assert(conn:receive_response { timeout = 3 })
+      if res.status == 100 then res = assert(conn:receive_response { timeout = 3 }) end
+      assert.are.equal(413, res.status)
+      conn:close()
     end)
 
     it("answer a chunked body over max_body with 413", function()
@@ -292,6 +339,48 @@ describe("HTTP timeouts", function()
     assert.is_true(closed, "idle connection still open after 5 s")
     assert.is_true(elapsed >= 0.5 and elapsed <= 3, "closed after " .. elapsed .. " s")
     conn:close()
+  end)
+
+  it("answer headers trickling in byte by byte with 408 too", function()
+    local conn = assert(client:connect())
+    local t0 = testing.now()
+    local head = "GET /hello/x HTTP/1.1\r\nHost: t\r\nX-Slow: " .. ("s"):rep(100)
+    local res
+    for i = 1, #head do
+      if not conn:send(head:sub(i, i)) then break end
+      res = conn:receive_response { timeout = 0.1 }
+      if res or testing.now() - t0 > 4 then break end
+    end
+    res = res or conn:receive_response { timeout = 2 }
+    local elapsed = elapsed_since(t0)
+    assert(res, "no answer to a head still incomplete after " .. elapsed .. " s")
+    assert.are.equal(408, res.status)
+    assert.is_true(elapsed >= 0.8 and elapsed <= 3, "408 after " .. elapsed .. " s")
+    conn:close()
+  end)
+
+  it("give a second request on a keep-alive connection the header timeout too", function()
+    local conn = assert(client:connect())
+    assert.are.equal(200, assert(conn:request("GET", "/hello/x")).status)
+    assert(conn:send("GET /hello/y HTTP/1.1\r\n"))
+    local res = assert(conn:receive_response { timeout = 5 })
+    assert.are.equal(408, res.status)
+    conn:close()
+  end)
+
+  it("do not cut a handler that takes longer than the timeouts", function()
+    local res = assert(client:get("/sleep/1.5", { timeout = 5 }))
+    assert.are.equal(200, res.status)
+    assert.are.equal("slept", res.body)
+  end)
+
+  it("leave a quiet event stream open", function()
+    local stream = assert(client:sse("/stream"))
+    assert.are.equal("open", assert(stream:next_event(3)).data)
+    local bytes, err = stream:read_raw(2.5)
+    assert.is_nil(bytes)
+    assert.are.equal("timeout", err, "the stream was closed by a timeout")
+    stream:close()
   end)
 
   it("let a slow but steady client finish a body", function()

@@ -47,6 +47,12 @@ describe("static files", function()
     assert.are.equal(file("public/style.css"), css.body)
   end)
 
+  it("ignore the query string", function()
+    local res = assert(client:get("/app.js?v=123"))
+    assert.are.equal(200, res.status)
+    assert.are.equal(file("public/app.js"), res.body)
+  end)
+
   it("leave routes working next to them", function()
     local res = assert(client:get("/api/ping"))
     assert.are.equal("pong", res.body)

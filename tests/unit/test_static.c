@@ -131,10 +131,15 @@ static void test_serves(void) {
   CHECK_SERVES("/a%25b/x.txt", "text/plain; charset=utf-8", "pct");
   CHECK_SERVES("/sub%2findex.html", "text/html; charset=utf-8", SUB_INDEX);
 
-  /* Directories serve their index.html, slash or not. */
+  /* Directories serve their index.html under the slash; without it they
+   * answer 301, so that the page's relative links resolve in the folder. */
   CHECK_SERVES("/", "text/html; charset=utf-8", INDEX);
-  CHECK_SERVES("/sub", "text/html; charset=utf-8", SUB_INDEX);
   CHECK_SERVES("/sub/", "text/html; charset=utf-8", SUB_INDEX);
+  {
+    static_file_t d;
+    CHECK(static_lookup(root, "/sub", 4, NULL, 0, &d) == 0);
+    CHECK(d.status == 301 && d.body == NULL);
+  }
 
   /* Only path_len bytes are looked at. */
   static_file_t o;

@@ -23,6 +23,19 @@ app:get("/slow", function()
   return "slow"
 end)
 
+-- Answers after :s seconds (longer than the test server's idle timeout).
+app:get("/sleep/:s", function(req)
+  sluice.sleep(tonumber(req.params.s))
+  return "slept"
+end)
+
+-- A quiet event stream (the default heartbeat is far away).
+app:get("/stream", function(req)
+  local stream = req:sse()
+  stream:send "open"
+  sluice.sleep(3600)
+end)
+
 -- Several methods on one path: 405 lists them all.
 app:get("/thing", function() return "get" end)
 app:post("/thing", function() return "post" end)

@@ -40,6 +40,24 @@ app:get("/comment", function(req)
   stream:close()
 end)
 
+-- :n numbered events of 1 KiB each, then the end: far more than a socket
+-- buffer holds, so send must wait for a client that reads slowly.
+app:get("/bulk/:n", function(req)
+  local stream = req:sse()
+  local pad = ("x"):rep(1000)
+  for i = 1, tonumber(req.params.n) do
+    assert(stream:send { id = tostring(i), data = i .. " " .. pad })
+  end
+  stream:close()
+end)
+
+-- An error after the stream is open: too late for a 500.
+app:get("/fail-after-open", function(req)
+  local stream = req:sse()
+  stream:send "before"
+  error("generator failed on purpose")
+end)
+
 -- Opens a stream and never writes to it.
 app:get("/silent", function(req)
   req:sse()

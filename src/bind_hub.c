@@ -1,0 +1,241 @@
+/*
+ * bind_hub.c - channels for Lua: sluice.publish, stream:subscribe,
+ * sluice.history and sluice.stats.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fanout.h"
+#include "hub.h"
+#include "lrt.h"
+#include "request.h"
+#include "worker.h"
+
+static hub_t *get_hub(lua_State *L) { return lrt_get(L)->w->srv->hub; }
+
+/* Checks a channel name argument. */
+static const char *check_channel(lua_State *L, int idx, size_t *len) {
+  const char *name = luaL_checklstring(L, idx, len);
+  luaL_argcheck(L, *len > 0, idx, "channel name must not be empty");
+  return name;
+}
+
+static hub_channel_t *channel_or_fail(lua_State *L, const char *name, size_t len) {
+  hub_channel_t *ch = hub_channel(get_hub(L), name, len);
+  if (ch == NULL) luaL_error(L, "not enough memory");
+  return ch;
+}
+
+/* Reads an id given as a string or an integer: 1 and *id when it is one
+ * the hub could have made, 0 otherwise (nil, unknown, malformed). */
+static int opt_id(lua_State *L, int idx, uint64_t *id) {
+  if (lua_isinteger(L, idx)) {
+    lua_Integer v = lua_tointeger(L, idx);
+    if (v < 0) return 0;
+    *id = (uint64_t)v;
+    return 1;
+  }
+  if (lua_type(L, idx) != LUA_TSTRING) return 0;
+  size_t n;
+  const char *s = lua_tolstring(L, idx, &n);
+  return hub_parse_id(s, n, id);
+}
+
+static void push_id(lua_State *L, uint64_t id) {
+  char buf[24];
+  int n = snprintf(buf, sizeof(buf), "%llu", (unsigned long long)id);
+  lua_pushlstring(L, buf, (size_t)n);
+}
+
+/* sluice.publish(channel, ev) -> id.  Encodes the event once and hands it
+ * to the hub, which numbers it, keeps it in history and posts it to every
+ * worker's subscribers. */
+static int l_publish(lua_State *L) {
+  size_t clen;
+  const char *cname = check_channel(L, 1, &clen);
+  sse_event_t ev;
+  lrt_check_event(L, 2, &ev, "sluice.publish");
+  if (ev.id != NULL) return luaL_error(L, "sluice.publish: the hub numbers events; leave out field 'id'");
+  frame_t *body = lrt_encode_event(L, &ev, "sluice.publish");
+  /* The id field goes right after the event field, where the encoder would
+   * have put it. */
+  size_t id_at = 0;
+  if (ev.event != NULL) id_at = (size_t)((char *)memchr(body->data, '\n', body->len) - body->data) + 1;
+  hub_channel_t *ch = hub_channel(get_hub(L), cname, clen);
+  uint64_t id = 0;
+  int rc = ch ? hub_publish(get_hub(L), ch, body, id_at, &id) : -ENOMEM;
+  frame_unref(body);
+  if (rc) return luaL_error(L, "not enough memory");
+  push_id(L, id);
+  return 1;
+}
+
+/* stream:subscribe(channel | {channels}, { since = id }) -> replayed count,
+ * and true, or false when events after since were no longer retained;
+ * nil, "closed" for a gone stream. */
+static int l_subscribe(lua_State *L) {
+  rhandle_t *h = luaL_checkudata(L, 1, STREAM_MT);
+  int n;
+  if (lua_type(L, 2) == LUA_TTABLE) {
+    n = (int)luaL_len(L, 2);
+    luaL_argcheck(L, n > 0, 2, "no channels given");
+  } else {
+    n = 1;
+  }
+  /* The channel pointers live in a userdata: freed by Lua even if a name
+   * check below raises. */
+  hub_channel_t **chs = lua_newuserdatauv(L, (size_t)n * sizeof(*chs), 0);
+  for (int i = 0; i < n; i++) {
+    size_t len = 0;
+    const char *name;
+    if (lua_type(L, 2) == LUA_TTABLE) {
+      lua_rawgeti(L, 2, i + 1);
+      name = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+      if (name == NULL || len == 0) return luaL_argerror(L, 2, "channel names must be non-empty strings");
+      chs[i] = channel_or_fail(L, name, len);
+      lua_pop(L, 1);
+    } else {
+      name = check_channel(L, 2, &len);
+      chs[i] = channel_or_fail(L, name, len);
+    }
+  }
+  uint64_t since = 0;
+  int has_since = 0;
+  if (!lua_isnoneornil(L, 3)) {
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_getfield(L, 3, "since");
+    has_since = opt_id(L, -1, &since);
+    lua_pop(L, 1);
+  }
+  req_t *r = h->r;
+  if (r == NULL || req_stream_closed(r)) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+  }
+  int gap = 0;
+  int got = fanout_subscribe(r, chs, n, has_since, since, &gap);
+  if (got < 0) return luaL_error(L, "not enough memory");
+  lua_pushinteger(L, got);
+  lua_pushboolean(L, !gap);
+  return 2;
+}
+
+/* Pushes a table { id, event, data, retry } decoded from one of our own
+ * frames (the encoder's exact format: "field: value" lines). */
+static void push_frame_event(lua_State *L, const frame_t *f) {
+  lua_createtable(L, 0, 4);
+  luaL_Buffer data;
+  int has_data = 0;
+  const char *p = f->data, *end = f->data + f->len;
+  luaL_buffinit(L, &data); /* the buffer sits above the table */
+  while (p < end) {
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    if (nl == NULL || nl == p) break; /* the blank line ends the event */
+    const char *colon = memchr(p, ':', (size_t)(nl - p));
+    if (colon != NULL) {
+      size_t nlen = (size_t)(colon - p);
+      const char *v = colon + 1;
+      if (v < nl && *v == ' ') v++;
+      size_t vlen = (size_t)(nl - v);
+      if (nlen == 4 && memcmp(p, "data", 4) == 0) {
+        if (has_data) luaL_addchar(&data, '\n');
+        luaL_addlstring(&data, v, vlen);
+        has_data = 1;
+      } else if (nlen == 5 && memcmp(p, "event", 5) == 0) {
+        lua_pushlstring(L, v, vlen);
+        lua_setfield(L, -3, "event");
+      } else if (nlen == 2 && memcmp(p, "id", 2) == 0) {
+        lua_pushlstring(L, v, vlen);
+        lua_setfield(L, -3, "id");
+      } else if (nlen == 5 && memcmp(p, "retry", 5) == 0) {
+        lua_pushinteger(L, strtoll(v, NULL, 10));
+        lua_setfield(L, -3, "retry");
+      }
+    }
+    p = nl + 1;
+  }
+  luaL_pushresult(&data);
+  if (has_data)
+    lua_setfield(L, -2, "data");
+  else
+    lua_pop(L, 1);
+}
+
+/* sluice.history(channel, { since = id, limit = n }) -> list of events
+ * ({ id, event, data }) retained after since (all when since is absent),
+ * oldest first, at most limit of them. */
+static int l_history(lua_State *L) {
+  size_t clen;
+  const char *cname = check_channel(L, 1, &clen);
+  uint64_t since = 0;
+  int has_since = 0, bad_since = 0;
+  lua_Integer limit = 0;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    if (lua_getfield(L, 2, "since") != LUA_TNIL) {
+      has_since = opt_id(L, -1, &since);
+      bad_since = !has_since;
+    }
+    if (lua_getfield(L, 2, "limit") != LUA_TNIL) {
+      limit = luaL_checkinteger(L, -1);
+      luaL_argcheck(L, limit >= 0, 2, "limit must not be negative");
+    }
+    lua_pop(L, 2);
+  }
+  lua_newtable(L);
+  if (bad_since) return 1; /* an id we never made: nothing to catch up on */
+  hub_channel_t *ch = channel_or_fail(L, cname, clen);
+  hub_msg_t *items;
+  uint64_t watermark;
+  int gap;
+  int got = hub_collect(get_hub(L), &ch, 1, since, has_since, (size_t)limit, &items, &watermark, &gap);
+  if (got < 0) return luaL_error(L, "not enough memory");
+  for (int i = 0; i < got; i++) {
+    push_frame_event(L, items[i].frame);
+    lua_rawseti(L, -2, i + 1);
+  }
+  for (int i = 0; i < got; i++) frame_unref(items[i].frame);
+  free(items);
+  return 1;
+}
+
+/* sluice.stats() -> counters of this worker and of the hub. */
+static int l_stats(lua_State *L) {
+  worker_t *w = lrt_get(L)->w;
+  hub_stats_t hs;
+  hub_get_stats(get_hub(L), &hs);
+  lua_createtable(L, 0, 8);
+  lua_pushinteger(L, w->id);
+  lua_setfield(L, -2, "worker");
+  lua_pushinteger(L, (lua_Integer)w->nconns);
+  lua_setfield(L, -2, "connections");
+  lua_pushinteger(L, (lua_Integer)w->stats.subscribers);
+  lua_setfield(L, -2, "subscribers");
+  lua_pushinteger(L, (lua_Integer)w->stats.delivered);
+  lua_setfield(L, -2, "delivered");
+  lua_pushinteger(L, (lua_Integer)w->stats.slow_drops);
+  lua_setfield(L, -2, "slow_drops");
+  lua_pushinteger(L, (lua_Integer)hs.published);
+  lua_setfield(L, -2, "published");
+  lua_pushinteger(L, (lua_Integer)hs.channels);
+  lua_setfield(L, -2, "channels");
+  lua_pushinteger(L, (lua_Integer)hs.retained);
+  lua_setfield(L, -2, "retained");
+  return 1;
+}
+
+/* Adds publish/history/stats to the core table at the top, and subscribe
+ * to the stream methods. */
+void bind_hub_open(lua_State *L) {
+  static const luaL_Reg core[] = {
+      {"publish", l_publish}, {"history", l_history}, {"stats", l_stats}, {NULL, NULL}};
+  luaL_setfuncs(L, core, 0);
+  luaL_getmetatable(L, STREAM_MT);
+  lua_getfield(L, -1, "methods");
+  lua_pushcfunction(L, l_subscribe);
+  lua_setfield(L, -2, "subscribe");
+  lua_pop(L, 2);
+}

@@ -1,0 +1,111 @@
+/* fanout.c - see fanout.h. */
+#include "fanout.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+#include "conn.h"
+#include "log.h"
+#include "request.h"
+#include "worker.h"
+
+static int follows(const req_t *r, const hub_channel_t *ch) {
+  for (const list_node_t *n = r->subs.next; n != &r->subs; n = n->next)
+    if (list_entry(n, sub_t, rnode)->ch == ch) return 1;
+  return 0;
+}
+
+int fanout_subscribe(req_t *r, hub_channel_t **chs, int n, int has_since, uint64_t since,
+                     int *gap) {
+  worker_t *w = r->w;
+  *gap = 0;
+  /* Only channels not followed yet: replaying one already followed would
+   * repeat what it delivered live. */
+  hub_channel_t *fresh[n > 0 ? n : 1];
+  int k = 0;
+  for (int i = 0; i < n; i++) {
+    int dup = follows(r, chs[i]);
+    for (int j = 0; j < k && !dup; j++) dup = fresh[j] == chs[i];
+    if (!dup) fresh[k++] = chs[i];
+  }
+  hub_msg_t *items = NULL;
+  uint64_t watermark;
+  /* Under the hub lock this reads the history and the current id together:
+   * events after the watermark reach this worker's inbox, which this thread
+   * drains only after the subscriptions below exist. */
+  int got = hub_collect(w->srv->hub, fresh, has_since ? k : 0, since, has_since, 0, &items,
+                        &watermark, gap);
+  if (got < 0) return got;
+  if (!has_since) *gap = 0;
+  for (int i = 0; i < k; i++) {
+    sub_t *s = malloc(sizeof(*s));
+    if (s == NULL) {
+      for (int j = 0; j < got; j++) frame_unref(items[j].frame);
+      free(items);
+      return -ENOMEM;
+    }
+    s->r = r;
+    s->ch = fresh[i];
+    s->min_id = watermark; /* older events still in the inbox were replayed */
+    hub_local_t *loc = &fresh[i]->local[w->idx];
+    list_push_back(&loc->subs, &s->node);
+    loc->count++;
+    list_push_back(&r->subs, &s->rnode);
+    w->stats.subscribers++;
+  }
+  for (int j = 0; j < got; j++) {
+    req_stream_write(r, items[j].frame);
+    frame_unref(items[j].frame);
+  }
+  free(items);
+  return got;
+}
+
+void fanout_unsubscribe_all(req_t *r) {
+  while (!list_empty(&r->subs)) {
+    sub_t *s = list_entry(r->subs.next, sub_t, rnode);
+    list_remove(&s->rnode);
+    list_remove(&s->node);
+    s->ch->local[r->w->idx].count--;
+    r->w->stats.subscribers--;
+    free(s);
+  }
+}
+
+int fanout_subscribed(const req_t *r) { return !list_empty(&r->subs); }
+
+/* Drops a subscriber that cannot keep up: it is closed before the loop
+ * sleeps, never inside a delivery loop. */
+static void drop_slow(worker_t *w, req_t *r, size_t queued) {
+  r->slow = 1;
+  w->stats.slow_drops++;
+  char addr[64] = "?";
+  req_remote_addr(r, addr, sizeof(addr));
+  log_warn("slow subscriber %s dropped: %zu bytes queued (max_queue %zu)", addr, queued,
+           w->app.max_queue);
+  if (r->conn != NULL) conn_kill(r->conn);
+}
+
+void fanout_drain(worker_t *w) {
+  hub_msg_t *items;
+  size_t n = hub_inbox_take(&w->inbox, &items);
+  size_t max_queue = w->app.max_queue;
+  for (size_t i = 0; i < n; i++) {
+    hub_msg_t *m = &items[i];
+    hub_local_t *loc = &m->ch->local[w->idx];
+    for (list_node_t *p = loc->subs.next, *next; p != &loc->subs; p = next) {
+      next = p->next;
+      sub_t *s = list_entry(p, sub_t, node);
+      req_t *r = s->r;
+      if (m->id <= s->min_id || r->slow) continue;
+      size_t queued = req_queued(r);
+      if (queued + m->frame->len > max_queue) {
+        drop_slow(w, r, queued);
+        continue;
+      }
+      if (req_stream_write(r, m->frame) == 0) w->stats.delivered++;
+    }
+    frame_unref(m->frame);
+  }
+  free(items);
+}

@@ -1,0 +1,48 @@
+/*
+ * fanout.h - a worker's side of the hub: its subscriptions and delivery.
+ *
+ * A subscription ties one event stream (a request) to one hub channel.  It
+ * sits on the channel's list for this worker, which only this worker's
+ * thread touches, so delivery takes no lock.  Delivery writes each frame by
+ * reference to every subscriber's queue; a subscriber whose queue would
+ * grow past max_queue is dropped (asynchronously, before the loop sleeps)
+ * instead of holding the publisher or growing memory: its client reconnects
+ * with Last-Event-ID and replays what it missed from history.
+ */
+#ifndef SLUICE_FANOUT_H
+#define SLUICE_FANOUT_H
+
+#include <stdint.h>
+
+#include "hub.h"
+#include "list.h"
+
+struct req;
+struct worker;
+
+typedef struct sub {
+  list_node_t node;     /* on ch->local[worker].subs */
+  list_node_t rnode;    /* on req->subs */
+  struct req *r;
+  hub_channel_t *ch;
+  uint64_t min_id;      /* ids up to here were replayed or came before */
+} sub_t;
+
+/* Subscribes stream r to n channels.  When has_since, first replays every
+ * retained event after since, in id order, then live events follow with no
+ * gap and no duplicate at the seam.  Channels r already follows are left
+ * as they are.  Returns the number of events replayed (*gap set when some
+ * after since were no longer retained), or -ENOMEM. */
+int fanout_subscribe(struct req *r, hub_channel_t **chs, int n, int has_since, uint64_t since,
+                     int *gap);
+
+/* Removes every subscription of r (it is ending). */
+void fanout_unsubscribe_all(struct req *r);
+
+/* Whether r follows any channel. */
+int fanout_subscribed(const struct req *r);
+
+/* Delivers what the hub posted to this worker's inbox. */
+void fanout_drain(struct worker *w);
+
+#endif
