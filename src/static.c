@@ -215,16 +215,17 @@ int static_lookup(const char *root, const char *url_path, size_t path_len,
   if (fd < 0) return fd;
   if (S_ISDIR(st.st_mode)) {
     close(fd);
-    /* Without the slash, the index's relative links would resolve against
-     * the parent: send the client to the slashed path first. */
-    if (url_path[path_len - 1] != '/') {
-      out->status = 301;
-      return 0;
-    }
     if (path[len - 1] != '/') path[len++] = '/';
     memcpy(path + len, STATIC_INDEX, sizeof(STATIC_INDEX));
     fd = open_stat(path, &st);
     if (fd < 0) return fd;
+    /* Without the slash, the index's relative links would resolve against
+     * the parent: send the client to the slashed path first. */
+    if (url_path[path_len - 1] != '/') {
+      close(fd);
+      out->status = 301;
+      return 0;
+    }
   }
   /* Devices, sockets and FIFOs are not files to serve, and reading one
    * could block or never end. */
