@@ -8,7 +8,7 @@ JOBS      ?= $(shell nproc 2>/dev/null || echo 2)
 
 # Debian packages the build, the tests and the demo need.
 DEPS := build-essential cmake pkg-config libuv1-dev liblua5.4-dev lua5.4 \
-        node-llhttp libjansson-dev libcurl4-openssl-dev lua-busted lua-socket curl
+        node-llhttp libjansson-dev libcurl4-openssl-dev lua-busted lua-socket lua-dkjson
 
 .PHONY: all deps build run test test-asan clean
 
