@@ -165,6 +165,7 @@ int luaopen_sluice_core(lua_State *L) {
   luaL_newlib(L, fns);
   bind_http_open(L);
   bind_hub_open(L);
+  bind_fetch_open(L);
   bind_json_open(L);
   lua_setfield(L, -2, "json");
   lua_pushlightuserdata(L, &lrt_yield_token);

@@ -30,6 +30,8 @@ struct task {
   int co_ref;             /* registry reference anchoring the coroutine */
   struct req *req;        /* the request this task handles, or NULL */
   struct req *wait_req;   /* the request whose body or drain it waits on */
+  void *wait_ctx;         /* what else it waits on (a response), or NULL */
+  list_node_t fetches;    /* upstream responses it started (bind_fetch.c) */
   lrt_push_fn push;       /* set while waiting */
   list_node_t node;       /* on rt->tasks */
   int nargs;              /* arguments waiting for a deferred start */
@@ -38,8 +40,22 @@ struct task {
   unsigned ended : 1;
 };
 
+/* The worker's upstream client, made on first use. */
+struct fetch_multi *lrt_fetch_multi(runtime_t *rt);
+
+/* Aborts the task's upstream transfers (it ended), except those that asked
+ * to be drained. */
+void bind_fetch_task_end(task_t *t);
+
+/* Whether the task has a transfer that asked to run on after its client
+ * left (drain_on_disconnect). */
+int bind_fetch_draining(task_t *t);
+
+void bind_fetch_open(lua_State *L);
+
 struct runtime {
   lua_State *L;
+  struct fetch_multi *fetch; /* NULL until the first sluice.fetch */
   struct worker *w;
   task_t *current;        /* the task being resumed, if any */
   int dispatch_ref;       /* the app's dispatcher function */
@@ -58,6 +74,11 @@ task_t *lrt_current(lua_State *L, const char *fname);
 /* Yields the running task until rt_wake(); push gives the values the
  * yielding function returns.  Use as `return lrt_yield(L, t, push);`. */
 int lrt_yield(lua_State *L, task_t *t, lrt_push_fn push);
+
+/* Like lrt_yield, but when woken the continuation k runs (with the
+ * yielding function's stack) instead of a push function: for operations
+ * that re-check their state after each wake-up. */
+int lrt_yieldk(lua_State *L, task_t *t, lua_KContext ctx, lua_KFunction k);
 
 /* The running task, or NULL when the caller cannot yield (load time,
  * a __gc or __close, a C boundary). */

@@ -12,6 +12,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <curl/curl.h>
 #include <uv.h>
 
 #include "log.h"
@@ -194,5 +195,9 @@ int main(int argc, char **argv) {
   if (cfg.max_conns == 0) cfg.max_conns = cap > 16 ? (int)cap : 16;
 
   signal(SIGPIPE, SIG_IGN); /* a vanished peer is an error return, not a kill */
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
+    fprintf(stderr, "sluice: cannot initialise libcurl\n");
+    return 1;
+  }
   return server_run(&cfg);
 }

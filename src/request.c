@@ -53,6 +53,7 @@ void req_on_message(req_t *r) {
 }
 
 void req_on_drain(req_t *r) {
+  if (r->on_drain != NULL) r->on_drain(r->on_drain_arg);
   if (r->wait == REQ_WAIT_DRAIN && r->waiter != NULL) {
     struct task *t = r->waiter;
     r->waiter = NULL;
@@ -75,11 +76,15 @@ void req_abort(req_t *r) {
   fanout_unsubscribe_all(r);
   /* From here every Lua handle sees "closed". */
   rt_detach_handles(r);
+  r->on_drain = NULL;
+  /* A handler draining an upstream (drain_on_disconnect) runs on without
+   * the request; any other handler ends here. */
+  if (r->task != NULL && rt_draining(r->task)) rt_detach_task(r->task);
   if (r->waiter != NULL && r->waiter != r->task) {
     struct task *t = r->waiter;
     r->waiter = NULL;
     r->wait = REQ_WAIT_NONE;
-    rt_wake(t, -EPIPE); /* another task's send or body read fails "closed" */
+    rt_wake(t, -EPIPE); /* a send or body read of another task fails "closed" */
   }
   r->waiter = NULL;
   r->wait = REQ_WAIT_NONE;

@@ -32,6 +32,8 @@ typedef struct req {
   struct task *waiter;      /* a task blocked on this request (body, drain) */
   uint8_t wait;             /* enum req_wait: what waiter waits for */
   void *h_req, *h_stream;   /* Lua handles pointing here (bind layer) */
+  void (*on_drain)(void *); /* a relay waiting for the queue to drain */
+  void *on_drain_arg;
   list_node_t hb;           /* on w->streams while streaming */
   list_node_t subs;         /* its channel subscriptions (fanout.h) */
   uint64_t last_out;        /* loop ms of the last stream output */

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fetch.h"
 #include "hub.h"
 #include "log.h"
 #include "lrt.h"
@@ -33,6 +34,7 @@ static task_t *task_new(runtime_t *rt, struct req *r) {
   t->timer.data = t;
   t->rt = rt;
   t->req = r;
+  list_init(&t->fetches);
   t->co = lua_newthread(rt->L);
   t->co_ref = luaL_ref(rt->L, LUA_REGISTRYINDEX);
   list_push_back(&rt->tasks, &t->node);
@@ -47,8 +49,10 @@ static void task_release(task_t *t) {
     wr->wait = REQ_WAIT_NONE;
   }
   t->wait_req = NULL;
+  t->wait_ctx = NULL;
   t->ended = 1;
   t->waiting = 0;
+  bind_fetch_task_end(t);
   list_remove(&t->node);
   luaL_unref(t->rt->L, LUA_REGISTRYINDEX, t->co_ref);
   t->co = NULL;
@@ -114,6 +118,18 @@ task_t *lrt_current(lua_State *L, const char *fname) {
   return rt->current;
 }
 
+int lrt_yieldk(lua_State *L, task_t *t, lua_KContext ctx, lua_KFunction k) {
+  t->push = NULL;
+  t->waiting = 1;
+  lua_pushlightuserdata(L, &lrt_yield_token);
+  return lua_yieldk(L, 1, ctx, k);
+}
+
+struct fetch_multi *lrt_fetch_multi(runtime_t *rt) {
+  if (rt->fetch == NULL) rt->fetch = fetch_multi_new(&rt->w->loop);
+  return rt->fetch;
+}
+
 task_t *lrt_try_current(lua_State *L) {
   runtime_t *rt = lrt_get(L);
   return (rt->current != NULL && lua_isyieldable(L)) ? rt->current : NULL;
@@ -143,6 +159,7 @@ void rt_wake(task_t *t, int status) {
   t->push = NULL;
   int n = push ? push(t->co, t, status) : 0;
   t->wait_req = NULL;
+  t->wait_ctx = NULL;
   if (t->rt->current != NULL) {
     /* A task is running (it caused this wake-up): resume this one on the
      * next loop turn rather than inside it. */
@@ -274,6 +291,15 @@ int rt_dispatch(runtime_t *rt, struct req *r) {
 
 void rt_detach_handles(struct req *r) { bind_detach(r); }
 
+int rt_draining(task_t *t) { return bind_fetch_draining(t); }
+
+void rt_detach_task(task_t *t) {
+  struct req *r = t->req;
+  t->req = NULL;
+  if (r != NULL) r->task = NULL;
+  if (t->wait_req == r) t->wait_req = NULL;
+}
+
 
 /* ---------------------------------------------------------- the VM */
 
@@ -309,6 +335,10 @@ static int load_app(runtime_t *rt) {
   app_opts_t *o = &rt->w->app;
   o->max_body = (size_t)opt_number(L, -1, "max_body", 1024 * 1024);
   o->heartbeat = opt_number(L, -1, "heartbeat", 15);
+  lua_getfield(L, -1, "heartbeat_comment");
+  const char *hbc = lua_isstring(L, -1) ? lua_tostring(L, -1) : "";
+  snprintf(o->heartbeat_comment, sizeof(o->heartbeat_comment), "%s", hbc);
+  lua_pop(L, 1);
   o->retry = (long)opt_number(L, -1, "retry", -1);
   o->cpu_budget = opt_number(L, -1, "cpu_budget", 1.0);
   o->max_queue = (size_t)opt_number(L, -1, "max_queue", 1024 * 1024);
@@ -387,6 +417,7 @@ void rt_free(runtime_t *rt) {
   if (rt == NULL) return;
   bind_timers_stop(rt);
   while (!list_empty(&rt->tasks)) rt_kill(list_entry(rt->tasks.next, task_t, node));
-  lua_close(rt->L);
+  lua_close(rt->L); /* responses' __gc free their transfers */
+  fetch_multi_close(rt->fetch);
   free(rt);
 }

@@ -42,6 +42,14 @@ void rt_wake(task_t *t, int status);
  * is stopped, and its request (if any) is told the handler is done. */
 void rt_kill(task_t *t);
 
+/* Cuts the tie between a task and its request (the request goes, the task
+ * runs on). */
+void rt_detach_task(task_t *t);
+
+/* Whether the task must outlive its request: it drains an upstream
+ * transfer that asked for it (drain_on_disconnect). */
+int rt_draining(task_t *t);
+
 /* Makes every Lua handle on r see "closed" (r is about to be freed). */
 void rt_detach_handles(struct req *r);
 

@@ -232,7 +232,6 @@ static void worker_main(void *arg) {
   list_init(&w->streams);
   uv_loop_init(&w->loop);
   w->readbuf = malloc(WORKER_READBUF);
-  w->heartbeat = sse_encode_comment(NULL, 0);
 
   uv_async_init(&w->loop, &w->wake, on_wake);
   w->wake.data = w;
@@ -240,6 +239,10 @@ static void worker_main(void *arg) {
   w->inbox.wake = &w->wake;
   w->rt = rt_new(w, w->start_error, sizeof(w->start_error));
   int rc = w->rt ? 0 : -EINVAL;
+  if (rc == 0) {
+    w->heartbeat = sse_encode_comment(w->app.heartbeat_comment, strlen(w->app.heartbeat_comment));
+    if (w->heartbeat == NULL) rc = -ENOMEM;
+  }
   if (rc == 0) hub_attach(w->srv->hub, w->idx, &w->inbox);
   if (rc == 0) {
     rc = listen_socket(w);

@@ -26,6 +26,7 @@ struct runtime;
 typedef struct app_opts {
   size_t max_body;     /* request body limit, bytes */
   double heartbeat;    /* seconds of silence before a ":" comment; 0 = off */
+  char heartbeat_comment[64]; /* its text ("" for a bare ":") */
   long retry;          /* retry: sent when a stream opens; < 0 = none */
   double cpu_budget;   /* seconds a handler may run without yielding */
   size_t max_queue;    /* bytes queued for a subscriber before it is dropped */

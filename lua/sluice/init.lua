@@ -27,6 +27,7 @@ sluice.now = core.now
 sluice.spawn = core.spawn
 sluice.every = core.every
 sluice.after = core.after
+sluice.fetch = core.fetch
 sluice.publish = core.publish
 sluice.history = core.history
 sluice.stats = core.stats
@@ -86,6 +87,36 @@ do
   end
 end
 
+------------------------------------------------------------------ streams
+
+-- stream:relay(res, transform): without a transform the C core relays
+-- (no Lua per event); with one, each parsed event goes through it here.
+do
+  local methods = debug.getregistry()["sluice.stream"].methods
+  local relay_in_c = methods.relay
+
+  ---@param stream sluice.Stream
+  ---@param res sluice.Response
+  ---@param transform? fun(ev: sluice.Event): sluice.Event|string|nil
+  ---@return true|nil ok, string? err
+  methods.relay = function(stream, res, transform)
+    if transform == nil then return relay_in_c(stream, res) end
+    if type(transform) ~= "function" then error("stream:relay: transform must be a function", 2) end
+    for ev in res:events() do
+      local out = transform(ev)
+      if out ~= nil then
+        local ok, err = stream:send(out)
+        if not ok then
+          res:close()
+          return nil, err
+        end
+      end
+    end
+    if res.err then return nil, res.err end
+    return true
+  end
+end
+
 -------------------------------------------------------------------- errors
 
 --- An error that answers the request with a status instead of a 500.
@@ -112,6 +143,7 @@ end
 ---@field history? integer events kept per channel (default 1000)
 ---@field history_ttl? number seconds events stay in history
 ---@field heartbeat? number seconds of silence before a ":" comment (default 15, 0 = off)
+---@field heartbeat_comment? string text of that comment (default none: a bare ":")
 ---@field retry? integer reconnection delay in ms sent when a stream opens
 ---@field cors? string|string[]|{origins: string|string[], credentials?: boolean, headers?: string[], max_age?: integer}
 ---@field max_body? integer request body limit in bytes (default 1 MiB)
@@ -120,7 +152,8 @@ end
 ---@field cpu_budget? number seconds a handler may run without yielding (default 1)
 
 local OPTION_TYPES = {
-  history = "number", history_ttl = "number", heartbeat = "number", retry = "number",
+  history = "number", history_ttl = "number", heartbeat = "number", heartbeat_comment = "string",
+  retry = "number",
   cors = "any", max_body = "number", max_queue = "number", public = "string", cpu_budget = "number",
 }
 

@@ -956,4 +956,189 @@ function Stream:close()
   self.conn:close()
 end
 
+-- ------------------------------------------------------------------- crowds
+
+--- select() cannot watch descriptors at or above FD_SETSIZE.
+local SELECT_FD_LIMIT = 1024
+
+---@class sluice.testing.CrowdMember
+---@field index integer                  position in the crowd, from 1
+---@field sock table                     the non-blocking LuaSocket TCP socket
+---@field status? integer                the response status, once its head arrived
+---@field headers? table<string, string> lower-case names, once the head arrived
+---@field body string                    body bytes received and not handed to `on_data`
+---@field received integer               body bytes received in total
+---@field eof? string                    why reading ended: "closed" or a socket error
+---@field [string] any                   free for the test's own bookkeeping
+
+---@class sluice.testing.CrowdOptions
+---@field path? string|fun(i: integer): string   the request path (default "/")
+---@field headers? table<string, string>|fun(i: integer): table<string, string>?
+---@field batch? integer     connections opened before waiting for their heads (default 100)
+---@field timeout? number    seconds for opening them all (default 30)
+---@field on_data? fun(member: sluice.testing.CrowdMember, bytes: string)  called with body bytes as they arrive, instead of appending them to `member.body`
+
+--- Many event streams read together without blocking, for tests with
+--- hundreds of subscribers: one process, non-blocking sockets and select().
+--- Bodies are taken as delimited by the connection's end (as SSE bodies are).
+---@class sluice.testing.Crowd
+---@field members sluice.testing.CrowdMember[]
+---@field ended integer      how many members' reading has ended
+---@field on_data? fun(member: sluice.testing.CrowdMember, bytes: string)
+local Crowd = {}
+Crowd.__index = Crowd
+
+-- Hands body bytes to on_data, or keeps them.
+function Crowd:_deliver(m, bytes)
+  if #bytes == 0 then return end
+  m.received = m.received + #bytes
+  if self.on_data then self.on_data(m, bytes) else m.body = m.body .. bytes end
+end
+
+-- Reads whatever the member's socket holds now.
+function Crowd:_read(m)
+  while not m.eof do
+    local data, err, partial = m.sock:receive(65536)
+    local chunk = data or partial
+    if err and err ~= "timeout" then
+      m.eof = err
+      self.ended = self.ended + 1
+    end
+    if not chunk or #chunk == 0 then return end
+    if m.status then
+      self:_deliver(m, chunk)
+    else
+      m._head = m._head .. chunk
+      local s = m._head:find("\r\n\r\n", 1, true)
+      if s then
+        local res = parse_head(m._head:sub(1, s - 1))
+        if not res then
+          m.eof = "malformed response head"
+          self.ended = self.ended + 1
+          return
+        end
+        m.status, m.headers = res.status, res.headers
+        local rest = m._head:sub(s + 4)
+        m._head = nil
+        self:_deliver(m, rest)
+      end
+    end
+    if data == nil then return end -- a partial read: the socket is empty
+  end
+end
+
+--- Waits up to `wait` seconds (default 0) for any member to have bytes or
+--- to end, and reads every member that has. Returns how many were read.
+---@param wait? number
+---@return integer
+function Crowd:poll(wait)
+  local socks = {}
+  for _, m in ipairs(self.members) do
+    if not m.eof then socks[#socks + 1] = m.sock end
+  end
+  if #socks == 0 then return 0 end
+  local readable = socket.select(socks, nil, wait or 0)
+  local n = 0
+  for _, sock in ipairs(readable) do
+    self:_read(self._by_sock[sock])
+    n = n + 1
+  end
+  return n
+end
+
+--- Reads until `done(crowd)` returns true (checked before every round), and
+--- returns true; nil and "timeout" after `timeout` seconds (default 5), or
+--- nil and "closed" once every member's reading has ended first.
+---@param done fun(crowd: sluice.testing.Crowd): boolean?
+---@param timeout? number
+---@return true? ok
+---@return string? err
+function Crowd:wait(done, timeout)
+  local deadline = now() + (timeout or DEFAULT_TIMEOUT)
+  while true do
+    if done(self) then return true end
+    if self.ended == #self.members then return nil, "closed" end
+    local left = deadline - now()
+    if left <= 0 then return nil, "timeout" end
+    self:poll(math.min(left, 0.05))
+  end
+end
+
+--- Closes every member's connection (the clients go away).
+function Crowd:close()
+  for _, m in ipairs(self.members) do
+    if not m.eof then
+      m.eof = "closed"
+      self.ended = self.ended + 1
+    end
+    m.sock:close()
+  end
+end
+
+--- Opens `n` connections to the server (or port) on 127.0.0.1, sends each
+--- a GET with `Accept: text/event-stream`, and reads their response heads;
+--- `opts.batch` connections at a time, so the listen backlog never
+--- overflows. Every descriptor must stay below 1024 (select's limit): open
+--- at most about a thousand, and close other sockets first. Returns the
+--- crowd, or nil and an error (what was opened is closed again).
+---@param target integer|sluice.testing.Server
+---@param n integer
+---@param opts? sluice.testing.CrowdOptions
+---@return sluice.testing.Crowd? crowd
+---@return string? err
+function testing.crowd(target, n, opts)
+  opts = opts or {}
+  local port = type(target) == "table" and target.port or target
+  local crowd = setmetatable({ members = {}, ended = 0, on_data = opts.on_data, _by_sock = {} }, Crowd)
+  local deadline = now() + (opts.timeout or 30)
+  local batch = opts.batch or 100
+  local function fail(err)
+    crowd:close()
+    return nil, err
+  end
+  local first = 1
+  while first <= n do
+    local last = math.min(n, first + batch - 1)
+    for i = first, last do
+      local conn, err = testing.connect(port, math.max(0.1, deadline - now()))
+      if not conn then return fail(("connection %d: %s"):format(i, tostring(err))) end
+      local m = { index = i, sock = conn.sock, body = "", received = 0, _head = "" }
+      crowd.members[i] = m
+      crowd._by_sock[m.sock] = m
+      if m.sock:getfd() >= SELECT_FD_LIMIT then
+        return fail(("connection %d: descriptor %d is beyond select()'s limit of %d"):format(
+          i, m.sock:getfd(), SELECT_FD_LIMIT))
+      end
+      local path = opts.path or "/"
+      if type(path) == "function" then path = path(i) end
+      local headers = { Accept = "text/event-stream" }
+      local extra = opts.headers
+      if type(extra) == "function" then extra = extra(i) end
+      for k, v in pairs(extra or {}) do headers[k] = v end
+      local ok, serr = conn:send(testing.request_bytes("GET", path, { headers = headers }),
+                                 math.max(0.1, deadline - now()))
+      if not ok then return fail(("connection %d: %s"):format(i, tostring(serr))) end
+    end
+    local ok, err = crowd:wait(function()
+      for i = first, last do
+        local m = crowd.members[i]
+        if not m.status then
+          if m.eof then return true end
+          return false
+        end
+      end
+      return true
+    end, math.max(0, deadline - now()))
+    for i = first, last do
+      local m = crowd.members[i]
+      if not m.status then
+        return fail(("connection %d: no response head (%s)"):format(i, tostring(m.eof or err)))
+      end
+    end
+    if not ok and err ~= "closed" then return fail(err) end
+    first = last + 1
+  end
+  return crowd
+end
+
 return testing
