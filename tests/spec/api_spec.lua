@@ -43,6 +43,8 @@ local fake_core = {
   end,
 }
 package.loaded["sluice.core"] = fake_core
+-- the core registers the stream metatable, whose methods the module extends
+debug.getregistry()["sluice.stream"] = { methods = { relay = function() return true end } }
 package.loaded["sluice"] = nil
 local sluice = require "sluice"
 
