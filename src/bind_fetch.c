@@ -511,7 +511,7 @@ static int events_step(lua_State *L) {
       queue_ctx_t q = {L, lf};
       int rc = sse_parser_feed(&lf->parser, p, n, queue_event_cb, &q);
       fetch_consume(lf->f, n);
-      if (rc == -E2BIG) {
+      if (rc < 0) { /* an event past the size limit, or no memory */
         lf_abort(lf);
         return 0;
       }
@@ -616,7 +616,9 @@ static int relay_event(void *ctx, int kind, const sse_parsed_t *ev) {
   }
   frame_t *f;
   enum sse_field bad;
-  if (sse_encode(&out, &f, &bad) != 0) return 0; /* an id with CR/LF cannot come from the parser */
+  /* The parser never hands over CR or LF in a field; an event type with a
+   * NUL (which the grammar allows) cannot be written on: it is dropped. */
+  if (sse_encode(&out, &f, &bad) != 0) return 0;
   req_stream_write(r, f);
   frame_unref(f);
   return 0;
@@ -636,8 +638,9 @@ static void relay_step(lfetch_t *lf) {
   const char *p = fetch_peek(lf->f, &n);
   if (n > 0) {
     relay_ctx_t ctx = {lf};
-    if (sse_parser_feed(&lf->parser, p, n, relay_event, &ctx) == -E2BIG) {
-      lf->relay_error = "upstream event too large";
+    int rc = sse_parser_feed(&lf->parser, p, n, relay_event, &ctx);
+    if (rc < 0) {
+      lf->relay_error = rc == -E2BIG ? "upstream event too large" : "not enough memory";
       lf_abort(lf);
       return;
     }
