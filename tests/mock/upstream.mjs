@@ -38,21 +38,22 @@
 // does not forward X-Mock-* headers).  Names are case-insensitive.
 //   X-Mock-Text: str              reply text (percent-decoded, so UTF-8 can be
 //                                 sent as %C3%A9; left as is when malformed)
-//   X-Mock-Tokens: N              reply exactly N tokens, cycling the text's
+//   X-Mock-Tokens: N              reply exactly N tokens, cycling through the
+//                                 text's tokens (more) or cutting them (fewer)
 //   X-Mock-Split: none|every-byte|random
 //                                 how the response bytes are cut into writes:
 //                                 none = one write per event (default);
 //                                 every-byte = one write per byte; random =
 //                                 pieces of 1..16 bytes.  Cuts ignore UTF-8
 //                                 and line boundaries.  Applies to JSON
-//                                 bodies too.  Each write is its own TCP
-//                                 segment (no Nagle) and its own HTTP chunk.
+//                                 bodies too.  Each write is its own HTTP
+//                                 chunk and leaves at once (no Nagle).
 //   X-Mock-Split-Delay: ms        pause between the pieces (default: one
 //                                 setImmediate turn)
 //   X-Mock-Seed: N                seed for `random` (default: random; the
 //                                 seed used is in the log entry)
 //   X-Mock-Newline: lf|crlf|cr    line ending of every SSE line (default lf)
-//   X-Mock-Comments: 1            open the stream with a `: ping` block, put a
+//   X-Mock-Comments: 1            (0 = off) open the stream with a `: ping` block, put a
 //                                 `: ping` block between events and a
 //                                 `: comment` line inside each event
 //   X-Mock-First-Token-Delay: ms  wait after the headers, before the first
@@ -83,7 +84,7 @@
 //          exchange ended, null while open), completed (the response was
 //          written in full), outcome: null | "completed" | "client_closed"
 //          (the client went away first) | "mock_failed" (Fail-After) }
-//   POST /_mock/reset   forget the log and the config defaults
+//   POST /_mock/reset   forget the log and the config defaults; ids restart at 1
 //   GET|POST /_mock/config   read | replace the knob defaults (JSON object)
 //
 // The writer respects backpressure: a client that stops reading stalls the
