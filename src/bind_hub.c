@@ -77,6 +77,7 @@ static int l_publish(lua_State *L) {
  * nil, "closed" for a gone stream. */
 static int l_subscribe(lua_State *L) {
   rhandle_t *h = luaL_checkudata(L, 1, STREAM_MT);
+  lua_settop(L, 3); /* the options slot stays 3 whatever we push */
   int n;
   if (lua_type(L, 2) == LUA_TTABLE) {
     n = (int)luaL_len(L, 2);

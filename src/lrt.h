@@ -14,6 +14,7 @@
 #include "list.h"
 #include "runtime.h"
 #include "sse_encode.h"
+#include "worker.h"
 
 struct worker;
 struct req;
@@ -55,6 +56,9 @@ void bind_fetch_open(lua_State *L);
 
 struct runtime {
   lua_State *L;
+  app_opts_t opts;           /* what this VM's app asked for */
+  list_node_t retired_node;  /* on w->retired once replaced by a reload */
+  unsigned retired : 1;
   struct fetch_multi *fetch; /* NULL until the first sluice.fetch */
   struct worker *w;
   task_t *current;        /* the task being resumed, if any */

@@ -205,7 +205,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
   runtime_t *rt = lrt_get(L);
   char msg[96];
   snprintf(msg, sizeof(msg), "cpu budget exceeded: ran over %g s without yielding",
-           rt->w->app.cpu_budget);
+           rt->opts.cpu_budget);
   luaL_error(L, "%s", msg);
 }
 
@@ -332,7 +332,7 @@ static int load_app(runtime_t *rt) {
   lua_pushstring(L, cfg->app_dir);
   if (lua_pcall(L, 1, 2, msgh) != LUA_OK) return -1;
   /* stack: msgh, sluice, dispatch, options */
-  app_opts_t *o = &rt->w->app;
+  app_opts_t *o = &rt->opts;
   o->max_body = (size_t)opt_number(L, -1, "max_body", 1024 * 1024);
   o->heartbeat = opt_number(L, -1, "heartbeat", 15);
   lua_getfield(L, -1, "heartbeat_comment");
@@ -344,7 +344,7 @@ static int load_app(runtime_t *rt) {
   o->max_queue = (size_t)opt_number(L, -1, "max_queue", 1024 * 1024);
   o->history = (size_t)opt_number(L, -1, "history", 1000);
   o->history_ttl = opt_number(L, -1, "history_ttl", 0);
-  hub_configure(rt->w->srv->hub, o->history, o->history_ttl);
+  hub_configure(rt->w->srv->hub, o->history, o->history_ttl); /* the first load's values stay */
   lua_getfield(L, -1, "public");
   const char *pub = lua_isstring(L, -1) ? lua_tostring(L, -1) : "public";
   int n = pub[0] == '/' ? snprintf(o->public_dir, sizeof(o->public_dir), "%s", pub)
@@ -369,7 +369,7 @@ runtime_t *rt_new(worker_t *w, char *err, size_t errlen) {
   rt->w = w;
   list_init(&rt->tasks);
   list_init(&rt->timers);
-  w->rt = rt;
+  list_init(&rt->retired_node);
   lua_State *L = luaL_newstate();
   if (L == NULL) {
     snprintf(err, errlen, "cannot create a Lua state");
@@ -396,10 +396,30 @@ runtime_t *rt_new(worker_t *w, char *err, size_t errlen) {
   if (load_app(rt) != 0) {
     snprintf(err, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "app failed to load");
     rt_free(rt);
-    w->rt = NULL;
     return NULL;
   }
   return rt;
+}
+
+const app_opts_t *rt_opts(const runtime_t *rt) { return &rt->opts; }
+
+void rt_retire(runtime_t *rt) {
+  rt->retired = 1;
+  rt_stop(rt);
+  list_push_back(&rt->w->retired, &rt->retired_node);
+  rt_reap(rt->w, 0);
+}
+
+void rt_reap(worker_t *w, int all) {
+  list_node_t *n = w->retired.next;
+  while (n != &w->retired) {
+    runtime_t *rt = list_entry(n, runtime_t, retired_node);
+    n = n->next;
+    if (all || list_empty(&rt->tasks)) {
+      list_remove(&rt->retired_node);
+      rt_free(rt);
+    }
+  }
 }
 
 void rt_stop(runtime_t *rt) {

@@ -18,9 +18,22 @@ struct req;
 typedef struct runtime runtime_t;
 typedef struct task task_t;
 
-/* Creates the VM, loads the app from the worker's config and reads its
- * options into w->app.  NULL on failure with a message in err. */
+/* Creates a VM and loads the app from the worker's config; the app's
+ * options are in rt_opts().  NULL on failure with a message in err (for a
+ * Lua error: "file:line: message" and a traceback). */
 runtime_t *rt_new(struct worker *w, char *err, size_t errlen);
+
+/* The options the runtime's app asked for. */
+const struct app_opts *rt_opts(const runtime_t *rt);
+
+/* Retires a runtime replaced by a reload: its timers and background tasks
+ * stop now; its request handlers run on in it until they end, and rt_reap
+ * frees it after the last. */
+void rt_retire(runtime_t *rt);
+
+/* Frees the worker's retired runtimes that have no task left; with all set,
+ * frees every retired runtime (shutdown). */
+void rt_reap(struct worker *w, int all);
 
 /* Stops the app's timers and background tasks (shutdown begins). */
 void rt_stop(runtime_t *rt);

@@ -10,8 +10,12 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <jansson.h>
+
 #include "hub.h"
 #include "log.h"
+#include "sse_encode.h"
+#include "watch.h"
 #include "worker.h"
 
 #define WATCHDOG_MS 50
@@ -68,10 +72,109 @@ static void stop_all(void) {
   for (int i = 0; i < server.nworkers; i++) worker_stop(server.workers[i]);
 }
 
+/* ------------------------------------------------------------- reloads */
+
+#define RELOAD_CHANNEL "_sluice.reload"
+
+static unsigned reload_gen;
+static uint64_t reload_t0;
+static char reload_path[PATH_MAX];
+static uv_timer_t reload_poll;
+static watch_t *watcher;
+
+/* Publishes the outcome of a reload on the channel /_sluice/reload
+ * follows: "reload", or "error" with { message, file, line }. */
+static void publish_reload(const char *event, json_t *data) {
+  char *text = json_dumps(data, JSON_COMPACT | JSON_SORT_KEYS);
+  if (text == NULL) return;
+  sse_event_t ev = {0};
+  ev.retry = -1;
+  ev.event = event;
+  ev.event_len = strlen(event);
+  ev.data = text;
+  ev.data_len = strlen(text);
+  frame_t *body;
+  enum sse_field bad;
+  if (sse_encode(&ev, &body, &bad) == 0) {
+    hub_channel_t *ch = hub_channel(server.hub, RELOAD_CHANNEL, strlen(RELOAD_CHANNEL));
+    uint64_t id;
+    if (ch) hub_publish(server.hub, ch, body, strlen("event: \n") + ev.event_len, &id);
+    frame_unref(body);
+  }
+  free(text);
+}
+
+/* Splits a Lua error's first line, "file:line: message", into its parts. */
+static json_t *error_json(const char *err) {
+  const char *end = strchr(err, '\n');
+  size_t len = end ? (size_t)(end - err) : strlen(err);
+  json_t *o = json_object();
+  for (size_t i = 0; i + 2 < len; i++) {
+    if (err[i] != ':' || err[i + 1] < '0' || err[i + 1] > '9') continue;
+    size_t j = i + 1;
+    while (j < len && err[j] >= '0' && err[j] <= '9') j++;
+    if (j + 1 < len && err[j] == ':' && err[j + 1] == ' ') {
+      json_object_set_new(o, "file", json_stringn(err, i));
+      json_object_set_new(o, "line", json_integer(strtol(err + i + 1, NULL, 10)));
+      json_object_set_new(o, "message", json_stringn(err + j + 2, len - j - 2));
+      return o;
+    }
+  }
+  json_object_set_new(o, "message", json_stringn(err, len));
+  json_object_set_new(o, "file", json_null());
+  json_object_set_new(o, "line", json_null());
+  return o;
+}
+
+/* Waits (polling, briefly) until every worker answered the reload, then
+ * reports it once. */
+static void on_reload_poll(uv_timer_t *t) {
+  for (int i = 0; i < server.nworkers; i++)
+    if (atomic_load(&server.workers[i]->reload_done) != reload_gen) return;
+  uv_timer_stop(t);
+  for (int i = 0; i < server.nworkers; i++) {
+    worker_t *w = server.workers[i];
+    if (!w->reload_ok) {
+      atomic_fetch_add(&server.reloads_failed, 1);
+      json_t *e = error_json(w->reload_err);
+      publish_reload("error", e);
+      json_decref(e);
+      return;
+    }
+  }
+  atomic_fetch_add(&server.reloads_ok, 1);
+  json_t *o = json_pack("{s:s, s:f}", "path", reload_path, "ms", (double)(uv_hrtime() - reload_t0) / 1e6);
+  publish_reload("reload", o);
+  json_decref(o);
+}
+
+/* Asks every worker to load the app again. */
+static void start_reload(const char *why, const char *path) {
+  reload_gen++;
+  reload_t0 = uv_hrtime();
+  snprintf(reload_path, sizeof(reload_path), "%s", path ? path : "");
+  log_info("%s%s%s: reloading", why, path ? " " : "", path ? path : "");
+  for (int i = 0; i < server.nworkers; i++) worker_reload(server.workers[i], reload_gen);
+  uv_timer_start(&reload_poll, on_reload_poll, 1, 1);
+}
+
+static void on_change(void *arg, const char *path) {
+  (void)arg;
+  start_reload("changed:", path);
+}
+
+static void on_sighup(uv_signal_t *h, int signum) {
+  (void)h;
+  (void)signum;
+  start_reload("SIGHUP", NULL);
+}
+
 static void on_signal(uv_signal_t *h, int signum) {
   (void)h;
   log_info("%s: shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
   stop_all();
+  watch_stop(watcher);
+  watcher = NULL;
 }
 
 /* Interrupts runaway Lua, and ends the main loop once every worker has
@@ -97,6 +200,9 @@ int server_run(const server_config_t *cfg) {
   uv_signal_init(loop, &sigterm);
   uv_signal_start(&sigint, on_signal, SIGINT);
   uv_signal_start(&sigterm, on_signal, SIGTERM);
+  uv_signal_t sighup;
+  uv_signal_init(loop, &sighup);
+  uv_signal_start(&sighup, on_sighup, SIGHUP);
 
   server.hub = hub_new(cfg->workers);
   server.workers = calloc((size_t)cfg->workers, sizeof(*server.workers));
@@ -126,6 +232,11 @@ int server_run(const server_config_t *cfg) {
            cfg->app_dir, cfg->host, cfg->port, cfg->workers, cfg->workers == 1 ? "" : "s",
            cfg->reload ? " (reload on)" : "");
 
+  uv_timer_init(loop, &reload_poll);
+  if (cfg->reload) {
+    const char *roots[] = {cfg->app_dir, cfg->lua_dir, NULL};
+    watcher = watch_start(loop, roots, on_change, NULL);
+  }
   uv_timer_init(loop, &watchdog);
   uv_timer_start(&watchdog, on_watchdog, WATCHDOG_MS, WATCHDOG_MS);
   uv_run(loop, UV_RUN_DEFAULT);

@@ -34,6 +34,8 @@ typedef struct server {
   socklen_t addrlen;
   struct worker **workers;
   struct hub *hub;
+  atomic_uint reloads_ok;      /* reloads every worker took */
+  atomic_uint reloads_failed;  /* reloads refused for a load error */
   int nworkers;
 } server_t;
 

@@ -116,6 +116,7 @@ static void on_tick(uv_timer_t *h) {
   uint64_t now = worker_now(w);
   conn_sweep(w, now);
   heartbeats(w, now);
+  rt_reap(w, 0);
   if (w->stopping && now >= w->stop_deadline) {
     /* The grace is over: whatever is still open is cut. */
     for (list_node_t *n = w->conns.next; n != &w->conns; n = n->next)
@@ -154,10 +155,50 @@ static void begin_stop(worker_t *w) {
   if (w->nconns == 0) finish(w);
 }
 
+/* Loads the app into a fresh VM; on success new requests go to it at once
+ * and the old VM runs on only for the handlers it already has. */
+static void reload_app(worker_t *w) {
+  uint64_t t0 = uv_hrtime();
+  char err[sizeof(w->reload_err)];
+  runtime_t *nrt = rt_new(w, err, sizeof(err));
+  if (nrt == NULL) {
+    w->reload_ok = 0;
+    memcpy(w->reload_err, err, sizeof(err));
+    log_error("reload failed; the previous version keeps serving: %s", err);
+    return;
+  }
+  runtime_t *old = w->rt;
+  w->rt = nrt;
+  w->app = *rt_opts(nrt);
+  frame_t *hb = sse_encode_comment(w->app.heartbeat_comment, strlen(w->app.heartbeat_comment));
+  if (hb != NULL) {
+    frame_unref(w->heartbeat);
+    w->heartbeat = hb;
+  }
+  rt_retire(old);
+  w->reload_ok = 1;
+  w->reload_err[0] = '\0';
+  log_info("reloaded in %.1f ms", (double)(uv_hrtime() - t0) / 1e6);
+}
+
 static void on_wake(uv_async_t *h) {
   worker_t *w = h->data;
   fanout_drain(w);
-  if (atomic_load(&w->stop_requested)) begin_stop(w);
+  if (atomic_load(&w->stop_requested)) {
+    begin_stop(w);
+    return;
+  }
+  unsigned gen = atomic_load(&w->reload_req);
+  if (gen != w->reload_seen && !w->stopping) {
+    w->reload_seen = gen;
+    reload_app(w);
+    atomic_store(&w->reload_done, gen);
+  }
+}
+
+void worker_reload(worker_t *w, unsigned gen) {
+  atomic_store(&w->reload_req, gen);
+  uv_async_send(&w->wake);
 }
 
 static void close_handle(uv_handle_t *h, void *arg) {
@@ -168,6 +209,7 @@ static void close_handle(uv_handle_t *h, void *arg) {
 /* Everything is closed: free the VM and let the loop end. */
 static void finish(worker_t *w) {
   if (w->rt == NULL) return;
+  rt_reap(w, 1);
   hub_detach(w->srv->hub, w->idx);
   hub_msg_t *items;
   size_t n = hub_inbox_take(&w->inbox, &items);
@@ -230,6 +272,7 @@ static void worker_main(void *arg) {
   list_init(&w->head_wait);
   list_init(&w->idle_wait);
   list_init(&w->streams);
+  list_init(&w->retired);
   uv_loop_init(&w->loop);
   w->readbuf = malloc(WORKER_READBUF);
 
@@ -239,6 +282,7 @@ static void worker_main(void *arg) {
   w->inbox.wake = &w->wake;
   w->rt = rt_new(w, w->start_error, sizeof(w->start_error));
   int rc = w->rt ? 0 : -EINVAL;
+  if (rc == 0) w->app = *rt_opts(w->rt);
   if (rc == 0) {
     w->heartbeat = sse_encode_comment(w->app.heartbeat_comment, strlen(w->app.heartbeat_comment));
     if (w->heartbeat == NULL) rc = -ENOMEM;

@@ -81,6 +81,16 @@ typedef struct worker {
   void *volatile running_co;        /* lua_State being resumed */
   pthread_t tid;
 
+  /* Reloads: the main thread asks for generation reload_req; the worker
+   * answers with reload_done once it swapped VMs (reload_ok) or kept the
+   * old one (reload_err says why). */
+  atomic_uint reload_req;
+  atomic_uint reload_done;
+  unsigned reload_seen;
+  int reload_ok;
+  char reload_err[2048];
+  list_node_t retired;    /* runtimes replaced by a reload, still running handlers */
+
   /* Startup handshake with the main thread. */
   uv_sem_t started;
   int start_rc;
@@ -94,6 +104,9 @@ int worker_start(worker_t *w);
 /* Asks a worker to stop (thread-safe): it stops accepting, ends its streams
  * cleanly and exits its thread within the shutdown grace. */
 void worker_stop(worker_t *w);
+
+/* Asks a worker (thread-safe) to load the app again: generation gen. */
+void worker_reload(worker_t *w, unsigned gen);
 
 /* Called by the connection layer after a connection's memory is freed. */
 void worker_conn_closed(worker_t *w);

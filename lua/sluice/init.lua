@@ -433,6 +433,35 @@ local function failed(req, e, cors)
   end
 end
 
+------------------------------------------------------------------ reloads
+
+-- The live-reload script, read once from beside this file.
+local RELOAD_JS = "/* sluice: live reload is off (start with --reload) */\n"
+if core.reload then
+  local dir = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
+  local f = io.open(dir .. "/reload.js")
+  if f then
+    RELOAD_JS = f:read("a")
+    f:close()
+  end
+end
+
+--- Answers the server's own routes under /_sluice/; false when path is not one.
+local function builtin(h, method, path)
+  if path == "/_sluice/reload.js" and (method == "GET" or method == "HEAD") then
+    core.respond(h, 200, { ["Content-Type"] = "text/javascript; charset=utf-8",
+                           ["Cache-Control"] = "no-cache" }, RELOAD_JS)
+    return true
+  end
+  if path == "/_sluice/reload" and core.reload and method == "GET" then
+    -- The hub holds the subscription, so it outlives every reload.
+    local stream = core.sse(h, {}, nil)
+    if stream then stream:subscribe("_sluice.reload") end
+    return true
+  end
+  return false
+end
+
 --- Builds the function the core calls for every request.
 local function make_dispatch(app)
   local router = app.router
@@ -441,6 +470,7 @@ local function make_dispatch(app)
   app.cors = cors
 
   return function(h, method, path, query)
+    if path:sub(1, 9) == "/_sluice/" and builtin(h, method, path) then return end
     local fn, params = router:match(method, path)
     if not fn then
       if params then -- the path exists, under other methods

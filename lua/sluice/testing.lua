@@ -774,15 +774,19 @@ end
 local Stream = {}
 Stream.__index = Stream
 
---- Opens an event stream: GET with `Accept: text/event-stream`, and reads
---- the response head. Non-2xx answers are returned as streams too: check
---- `stream.status`.
+--- Opens an event stream: GET (or `opts.method`) with `Accept:
+--- text/event-stream`, and reads the response head. `opts.body` is sent as
+--- the request body; a table body as JSON (Content-Type: application/json),
+--- for streams opened by a POST such as OpenAI's chat completions. Non-2xx
+--- answers are returned as streams too: check `stream.status` (their body is
+--- read as it is delimited: Content-Length, chunked, or the connection's end).
 ---@param path string
----@param opts? { headers?: table<string, string>, timeout?: number }
+---@param opts? { method?: string, body?: string|table, headers?: table<string, string>, timeout?: number }
 ---@return sluice.testing.Stream? stream
 ---@return string? err
 function Client:sse(path, opts)
   opts = opts or {}
+  local method = opts.method or "GET"
   local conn, err = testing.connect(self.port, opts.timeout)
   if not conn then return nil, err end
   local headers = { Accept = "text/event-stream" }
@@ -790,14 +794,20 @@ function Client:sse(path, opts)
     if k:lower() == "accept" then headers.Accept = nil end
     headers[k] = v
   end
-  local ok, serr = conn:send(testing.request_bytes("GET", path, { headers = headers }), opts.timeout)
+  local body = opts.body
+  if type(body) == "table" then
+    body = json.encode(body)
+    if not find_header(headers, "content-type") then headers["Content-Type"] = "application/json" end
+  end
+  local ok, serr = conn:send(testing.request_bytes(method, path, { headers = headers, body = body }),
+                             opts.timeout)
   if not ok then conn:close(); return nil, serr end
   local res, herr = conn:_read_head(now() + (opts.timeout or DEFAULT_TIMEOUT))
   if not res then conn:close(); return nil, herr end
   return setmetatable({
     conn = conn, status = res.status, reason = res.reason, headers = res.headers,
     raw_head = res.raw_head, comments = 0, ended = false,
-    _body_reader = body_reader(conn, res, "GET"), _buf = "", _data = {}, _last_id = "",
+    _body_reader = body_reader(conn, res, method), _buf = "", _data = {}, _last_id = "",
   }, Stream)
 end
 
