@@ -32,6 +32,9 @@ static void wait_idle(conn_t *c) {
   list_move_back(&w->idle_wait, &c->tnode);
 }
 
+/* Close callback for a connection that never got past accept. */
+static void free_unaccepted(uv_handle_t *h) { free(h); }
+
 /* Answers an over-capacity connection with 503 and closes it; the answer is
  * a single small write that a fresh socket buffer always takes. */
 static void refuse(worker_t *w, uv_tcp_t *tcp) {
@@ -41,7 +44,7 @@ static void refuse(worker_t *w, uv_tcp_t *tcp) {
   uv_buf_t b = uv_buf_init((char *)msg, sizeof(msg) - 1);
   uv_try_write((uv_stream_t *)tcp, &b, 1);
   log_warn("connection refused: at the cap of %d connections", w->cfg->max_conns);
-  uv_close((uv_handle_t *)tcp, (uv_close_cb)free);
+  uv_close((uv_handle_t *)tcp, free_unaccepted);
 }
 
 void conn_accept(worker_t *w) {
@@ -52,7 +55,7 @@ void conn_accept(worker_t *w) {
   }
   uv_tcp_init(&w->loop, &c->tcp);
   if (uv_accept((uv_stream_t *)&w->listener, (uv_stream_t *)&c->tcp) != 0) {
-    uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+    uv_close((uv_handle_t *)&c->tcp, free_unaccepted);
     return;
   }
   int n = atomic_fetch_add(&w->srv->nconns, 1) + 1;

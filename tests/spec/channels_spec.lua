@@ -40,12 +40,24 @@ local function frame(id, data, event, retry)
   return table.concat(out) .. "\n"
 end
 
+-- Streams opened by the current test, closed after it whatever happened,
+-- so that a failing test leaves no subscriber behind for the next ones.
+local opened = {}
+local function track(stream)
+  opened[#opened + 1] = stream
+  return stream
+end
+local function close_opened()
+  for _, s in ipairs(opened) do s:close() end
+  opened = {}
+end
+
 --- Opens GET /sub?QUERY and reads up to its marker comment. Returns the
 --- stream, the marker's fields { worker, replayed, ok } and the list of
 --- frames that came before it (the replay).
 ---@return sluice.testing.Stream, {worker: integer, replayed: integer, ok: boolean}, string[]
 local function subscribe(client, query, headers)
-  local stream = must(client:sse("/sub?" .. query, { headers = headers, timeout = 10 }))
+  local stream = track(must(client:sse("/sub?" .. query, { headers = headers, timeout = 10 })))
   assert.are.equal(200, stream.status)
   local replay = {}
   while true do
@@ -261,6 +273,7 @@ describe("channels", function()
     client = testing.client(server)
   end)
 
+  after_each(close_opened)
   teardown(function() if server then server:stop() end end)
 
   it("deliver byte-identical frames, numbered by the hub, to every subscriber", function()
@@ -315,6 +328,30 @@ describe("channels", function()
     assert.are.same({ frame(id, "after") }, frames(s, 1))
     assert_quiet(s)
     s:close()
+  end)
+
+  it("replay events published just before the subscribe once, and never repeat them live", function()
+    -- /sub?pre=3 publishes three events and subscribes in the same turn:
+    -- they are in the history and still on their way to the worker's
+    -- subscribers, the seam between replay and live.
+    local ch = "seam"
+    local since = publish(client, ch, "first")
+    local s1, i1, r1 = subscribe(client, "ch=" .. ch .. "&pre=3", { ["Last-Event-ID"] = since })
+    assert.are.same({ 3, true }, { i1.replayed, i1.ok })
+    assert.are.equal(3, #r1)
+    for i, f in ipairs(r1) do assert.matches("^id: %d+\ndata: pre%-" .. i .. "\n\n$", f) end
+    local s2, i2, r2 = subscribe(client, "ch=" .. ch .. "&pre=2")
+    assert.are.same({ 0, true, {} }, { i2.replayed, i2.ok, r2 })
+    local id = publish(client, ch, "live")
+    -- s1 gets s2's two events and the live one; s2 only the live one
+    local got1 = frames(s1, 3)
+    frame_ids({ r1[3], got1[1], got1[2], got1[3] })
+    assert.matches("^id: %d+\ndata: pre%-1\n\n$", got1[1])
+    assert.matches("^id: %d+\ndata: pre%-2\n\n$", got1[2])
+    assert.are.equal(frame(id, "live"), got1[3])
+    assert.are.same({ frame(id, "live") }, frames(s2, 1))
+    assert_quiet(s1)
+    assert_quiet(s2)
   end)
 
   describe("reconnecting", function()
@@ -468,6 +505,7 @@ describe("channels with a history of 5", function()
     for i = 1, 12 do ids[i] = publish(client, "small", "s" .. i) end
   end)
 
+  after_each(close_opened)
   teardown(function() if server then server:stop() end end)
 
   -- frames of events i..j
@@ -559,6 +597,7 @@ describe("channels with --workers 2", function()
     client = testing.client(server)
   end)
 
+  after_each(close_opened)
   teardown(function() if server then server:stop() end end)
 
   -- A keep-alive connection to each worker (the kernel spreads new
@@ -566,7 +605,7 @@ describe("channels with --workers 2", function()
   local function per_worker()
     local conns, n = {}, 0
     for _ = 1, 200 do
-      local c = must(client:connect())
+      local c = track(must(client:connect()))
       local res = must(c:request("GET", "/stats"))
       local w = must(res:json()).worker
       if conns[w] then c:close() else conns[w], n = c, n + 1 end
@@ -659,7 +698,7 @@ describe("channels with --workers 2", function()
     local conns = per_worker()
     local subs, on = {}, {}
     for _ = 1, 200 do
-      local s, info = subscribe(client, "ch=xw")
+      local s, info = subscribe(client, "ch=xw,xw2")
       subs[#subs + 1] = s
       on[info.worker] = (on[info.worker] or 0) + 1
       local enough = 0
@@ -706,6 +745,38 @@ describe("channels with --workers 2", function()
         error(("subscriber %d: its %d frames differ from the history's order"):format(n, #got))
       end
       assert_quiet(s)
+    end
+
+    -- then as fast as they can, both at once, 3000 events each
+    local B = 3000
+    for w, c in pairs(conns) do
+      must(c:send(testing.request_bytes("POST", ("/burst?ch=xw2&n=%d&tag=w%d"):format(B, w), { body = "" })))
+    end
+    local events = {}
+    for w, c in pairs(conns) do
+      local res = must(c:receive_response { timeout = 30 })
+      assert.are.equal(200, res.status)
+      local ids = must(res:json()).ids
+      assert.are.equal(B, #ids)
+      for i, id in ipairs(ids) do
+        events[#events + 1] = { id = num(id), wire = frame(id, ("w%d-%d"):format(w, i)), w = w }
+      end
+    end
+    table.sort(events, function(x, y) return x.id < y.id end)
+    local switches = 0
+    wire = {}
+    for k, ev in ipairs(events) do
+      wire[k] = ev.wire
+      if k > 1 and ev.w ~= events[k - 1].w then switches = switches + 1 end
+    end
+    expected = table.concat(wire)
+    for n, s in ipairs(subs) do
+      local got = frames(s, 2 * B, 10)
+      frame_ids(got)
+      if table.concat(got) ~= expected then
+        error(("subscriber %d: its %d frames of the race differ from the publishers' ids in order"):format(n, #got))
+      end
+      assert_quiet(s)
       s:close()
     end
 
@@ -718,13 +789,13 @@ describe("channels with --workers 2", function()
       assert.is_truthy(gone, "worker " .. w .. " still holds subscribers")
       c:close()
     end
-    io.stderr:write(("\n  [channels] --workers 2: %d subscribers (%s), %d events\n"):format(
+    io.stderr:write(("\n  [channels] --workers 2: %d subscribers (%s), %d events, %d alternations between the racing publishers\n"):format(
       #subs, (function()
         local parts = {}
         for w, k in pairs(on) do parts[#parts + 1] = ("worker %d: %d"):format(w, k) end
         table.sort(parts)
         return table.concat(parts, ", ")
-      end)(), 2 * M))
+      end)(), 2 * M + 2 * B, switches))
   end)
 
   it("server is still running", function()
@@ -742,20 +813,21 @@ describe("a subscriber that stops reading", function()
     client = testing.client(server)
   end)
 
+  after_each(close_opened)
   teardown(function() if server then server:stop() end end)
 
   it("is dropped while the others get everything, and memory stays bounded", function()
     local N, SIZE = 2048, 65536 -- 128 MiB in all
     local good = subscribe(client, "ch=big")
     -- the slow one asks and never reads again
-    local slow = must(client:connect())
+    local slow = track(must(client:connect()))
     must(slow:send(testing.request_bytes("GET", "/sub?ch=big",
                                           { headers = { Accept = "text/event-stream" } })))
     assert.is_truthy(testing.wait_for(function() return stats(client).subscribers == 2 end, 5))
 
     local rss0 = rss(server.pid)
     local peak = rss0
-    local pub = must(client:connect())
+    local pub = track(must(client:connect()))
     local pad = ("x"):rep(SIZE - 8)
     local dropped_at
     for i = 1, N do
@@ -828,6 +900,7 @@ describe("the chat demo app", function()
     client = testing.client(server)
   end)
 
+  after_each(close_opened)
   teardown(function() if server then server:stop() end end)
 
   local function post(body, headers)
@@ -883,8 +956,8 @@ describe("the chat demo app", function()
   end)
 
   it("publishes a message to every open /events stream, byte for byte", function()
-    local a = must(client:sse("/events"))
-    local b = must(client:sse("/events"))
+    local a = track(must(client:sse("/events")))
+    local b = track(must(client:sse("/events")))
     assert.are.equal(200, a.status)
     assert.are.equal("text/event-stream; charset=utf-8", a.headers["content-type"])
     for _, s in ipairs { a, b } do
@@ -906,7 +979,7 @@ describe("the chat demo app", function()
   it("replays missed messages to a reconnecting stream", function()
     local first = must(post { user = "bob", text = "one" }:json()).id
     local second = must(post { user = "bob", text = "two" }:json()).id
-    local s = must(client:sse("/events", { headers = { ["Last-Event-ID"] = first } }))
+    local s = track(must(client:sse("/events", { headers = { ["Last-Event-ID"] = first } })))
     must(s:raw_until("\n\n", 5)) -- retry
     local ev = must(s:next_event(5))
     assert.are.same({ event = "message", id = second, data = '{"text":"two","user":"bob"}' }, ev)

@@ -2,8 +2,11 @@
 -- Each app.lua in tests/apps/channels*/ makes an app with its own options
 -- and adds these routes:
 --
---   GET  /sub?ch=a[,b...]      subscribe with replay from req.last_event_id,
---                              then a comment ": subscribed worker=W replayed=N ok=B"
+--   GET  /sub?ch=a[,b...][&pre=N]   subscribe with replay from req.last_event_id,
+--                              then a comment ": subscribed worker=W replayed=N ok=B";
+--                              pre=N first publishes "pre-1".."pre-N" to the first
+--                              channel in the same turn (they are in the history
+--                              and still on their way to this worker's subscribers)
 --   POST /publish?ch=C[&event=E][&retry=R][&json=1]   the body as data -> { id, worker }
 --   POST /burst?ch=C&n=N[&tag=T][&pause=S]            n events "T-1".."T-n" -> { ids, worker }
 --   POST /spawn?ch=C&n=N[&tag=T][&pause=S][&per=K]    the same in a background task -> 202
@@ -50,7 +53,11 @@ end
 return function(app)
   app:get("/sub", function(req)
     local stream = req:sse()
-    local replayed, ok = stream:subscribe(channels(req), { since = req.last_event_id })
+    local chs = channels(req)
+    for i = 1, number(req, "pre", 0) do
+      sluice.publish(type(chs) == "table" and chs[1] or chs, "pre-" .. i)
+    end
+    local replayed, ok = stream:subscribe(chs, { since = req.last_event_id })
     stream:comment(("subscribed worker=%d replayed=%s ok=%s"):format(
       sluice.stats().worker, tostring(replayed), tostring(ok)))
   end)
