@@ -8,7 +8,8 @@ JOBS      ?= $(shell nproc 2>/dev/null || echo 2)
 
 # Debian packages the build, the tests and the demo need.
 DEPS := build-essential cmake pkg-config libuv1-dev liblua5.4-dev lua5.4 \
-        node-llhttp libjansson-dev libcurl4-openssl-dev lua-busted lua-socket lua-dkjson
+        node-llhttp libjansson-dev libcurl4-openssl-dev lua-busted lua-socket lua-dkjson \
+        cmd:node=nodejs,npm
 
 .PHONY: all deps build run test test-asan clean
 

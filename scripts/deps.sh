@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# Installs the Debian packages named on the command line that are missing.
+# Installs what the build, the tests and the demo need and this machine
+# lacks.  Arguments are Debian package names, or "cmd:NAME=PKG ..." for a
+# command that may come from elsewhere (node ships with some images):
+# PKGs are installed only when NAME is not on the PATH.
 # As root it runs apt-get; otherwise it prints the exact command and fails.
 set -euo pipefail
 
 missing=()
-for pkg in "$@"; do
-  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed'; then
-    missing+=("$pkg")
+for arg in "$@"; do
+  if [[ $arg == cmd:* ]]; then
+    spec=${arg#cmd:}
+    name=${spec%%=*}
+    pkgs=${spec#*=}
+    command -v "$name" >/dev/null 2>&1 && continue
+    for p in ${pkgs//,/ }; do missing+=("$p"); done
+    continue
+  fi
+  if ! dpkg-query -W -f='${Status}' "$arg" 2>/dev/null | grep -q 'ok installed'; then
+    missing+=("$arg")
   fi
 done
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -61,7 +61,8 @@ local function post_message(req)
 end
 
 --- GET /history[?since=ID] → the retained messages after ID (all when it is
---- absent), oldest first: `[{ "id", "user", "text" }]`.
+--- absent), oldest first: `[{ "id", "user", "text" }]`; 400 when ID is not
+--- an event id.
 ---@param req sluice.Request
 ---@return sluice.Response
 local function history(req)

@@ -7,7 +7,8 @@
 ---     build/sluice apps/llm      # no upstream: a built-in mock model streams
 ---
 --- Environment: LLM_BASE_URL (an OpenAI-style base; "/chat/completions" is
---- appended), LLM_API_KEY, LLM_PROVIDER (openai | anthropic), and for the
+--- appended), LLM_API_KEY, LLM_PROVIDER (openai | anthropic), LLM_PING_INTERVAL
+--- (seconds of silence before a ": ping" comment, default 5), and for the
 --- mock LLM_MOCK_RATE (tokens/s, default 40) and LLM_MOCK_DELAY (seconds
 --- before the first token, default 0.3).
 local sluice = require "sluice"
@@ -19,12 +20,13 @@ local KEY = os.getenv("LLM_API_KEY") or ""
 local PROVIDER = os.getenv("LLM_PROVIDER") or "openai"
 local MOCK_RATE = tonumber(os.getenv("LLM_MOCK_RATE")) or 40
 local MOCK_DELAY = tonumber(os.getenv("LLM_MOCK_DELAY")) or 0.3
+local PING_INTERVAL = tonumber(os.getenv("LLM_PING_INTERVAL")) or 5
 
 if BASE then BASE = BASE:gsub("/+$", "") end
 
 -- A quiet stream gets ": ping" every 5 s: idle proxies and load balancers
 -- keep the connection while a model thinks before its first token.
-local app = sluice.app { heartbeat = 5, heartbeat_comment = "ping", max_body = 4 * 1024 * 1024 }
+local app = sluice.app { heartbeat = PING_INTERVAL, heartbeat_comment = "ping", max_body = 4 * 1024 * 1024 }
 
 ---@param status integer
 ---@param message string

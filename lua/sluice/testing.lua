@@ -11,6 +11,9 @@
 ---     stream:close()
 ---     server:stop()
 ---
+--- For many subscribers at once, `testing.crowd(server, n, opts)` opens n
+--- event streams and reads them together without blocking (see Crowd).
+---
 --- Everything that waits takes a timeout in seconds (default 5) and never
 --- blocks longer. Runtime failures return `nil, err` ("timeout", "closed" or
 --- a socket error); misuse raises an error.
@@ -71,13 +74,22 @@ local function read_file(path)
   return s
 end
 
--- "env 'K=V' ..." prefix for a command, or "" when env is empty.
+-- "env -u 'K' 'K=V' ..." prefix for a command, or "" when env is empty; a
+-- false value removes the variable from the inherited environment.
 local function env_prefix(env)
-  local parts = {}
-  for k, v in pairs(env or {}) do parts[#parts + 1] = shell_quote(k .. "=" .. tostring(v)) end
-  if #parts == 0 then return "" end
+  local unset, parts = {}, {}
+  for k, v in pairs(env or {}) do
+    if v == false then
+      unset[#unset + 1] = "-u " .. shell_quote(k)
+    else
+      parts[#parts + 1] = shell_quote(k .. "=" .. tostring(v))
+    end
+  end
+  if #parts + #unset == 0 then return "" end
+  table.sort(unset)
   table.sort(parts)
-  return "env " .. table.concat(parts, " ") .. " "
+  table.move(parts, 1, #parts, #unset + 1, unset)
+  return "env " .. table.concat(unset, " ") .. " "
 end
 
 local function command_line(argv)
@@ -88,6 +100,56 @@ end
 
 local function default_bin()
   return os.getenv("SLUICE_BIN") or "build/sluice"
+end
+
+-- ------------------------------------------------------------------- files
+
+--- The whole content of a file, or nil when it cannot be read.
+---@param path string
+---@return string?
+function testing.read_file(path) return read_file(path) end
+
+--- Writes `content` to `path` (created or truncated) in one write, then
+--- closes it: what an editor's plain save does. Raises on failure.
+---@param path string
+---@param content string
+function testing.write_file(path, content)
+  local f = assert(io.open(path, "wb"))
+  assert(f:write(content))
+  assert(f:close())
+end
+
+-- Temporary directories made by testing.tempdir(), removed at exit.
+local tempdirs = {}
+
+--- A new empty directory under $TMPDIR (or /tmp), removed with everything
+--- in it when the test process exits (or by testing.remove_tempdir).
+---@return string path
+function testing.tempdir()
+  local p = assert(io.popen("mktemp -d -t sluice-test.XXXXXXXX 2>/dev/null"))
+  local path = p:read("l")
+  p:close()
+  if not path or path == "" then error("sluice.testing: mktemp -d failed") end
+  tempdirs[path] = true
+  return path
+end
+
+--- Removes a directory made by testing.tempdir() and everything in it.
+---@param path string
+function testing.remove_tempdir(path)
+  if not tempdirs[path] then error("sluice.testing: not a directory made by testing.tempdir: " .. tostring(path), 2) end
+  os.execute("rm -rf " .. shell_quote(path))
+  tempdirs[path] = nil
+end
+
+--- Copies the contents of directory `src` into directory `dst` (created
+--- when missing). Raises on failure.
+---@param src string
+---@param dst string
+function testing.copy_tree(src, dst)
+  local ok = os.execute(("mkdir -p %s && cp -R %s/. %s"):format(shell_quote(dst), shell_quote(src),
+                                                               shell_quote(dst)))
+  if not ok then error(("sluice.testing: cannot copy %s to %s"):format(src, dst), 2) end
 end
 
 --- A port on 127.0.0.1 that was free a moment ago.
@@ -120,12 +182,13 @@ testing._reaper = setmetatable({}, {
         os.remove(p)
       end
     end
+    for path in pairs(tempdirs) do os.execute("rm -rf " .. shell_quote(path)) end
   end,
 })
 
 ---@class sluice.testing.StartOptions
 ---@field args? string[]             extra command-line arguments, e.g. {"--workers", "2"}
----@field env? table<string, any>    extra environment variables
+---@field env? table<string, any>    extra environment variables (false: remove it)
 ---@field bin? string                the binary (default $SLUICE_BIN or "build/sluice")
 ---@field port? integer              listen on this port instead of a free one
 ---@field port_via? "flag"|"env"     pass the port as --port (default) or as $PORT
@@ -226,6 +289,15 @@ function Server:signal(name)
   if not self:exit_status() then
     os.execute(("kill -%s %d 2>/dev/null"):format(name, self.pid))
   end
+end
+
+--- The server's resident memory now, in KiB (VmRSS in /proc/PID/status);
+--- nil once the process is gone.
+---@return integer?
+function Server:rss_kb()
+  local status = read_file(("/proc/%d/status"):format(self.pid))
+  local kb = status and status:match("\nVmRSS:%s*(%d+) kB")
+  return kb and math.tointeger(tonumber(kb))
 end
 
 --- The exit status once the process has ended (128 + n when killed by

@@ -192,9 +192,11 @@ describe("a thousand subscribers", function()
       m.rest = buf:sub(pos)
     end
 
+    local rss0 = rss(server.pid)
     crowd = must(testing.crowd(server, N_SUBS, { path = "/sub?ch=load", on_data = on_data, timeout = 60 }))
     for _, m in ipairs(crowd.members) do assert.are.equal(200, m.status) end
     must(crowd:wait(function() return marked + failed == N_SUBS end, 30), nil, "markers")
+    local per_sub = (rss(server.pid) - rss0) / N_SUBS
     assert.are.equal(0, failed)
     assert.are.equal(N_SUBS, stats(client).subscribers)
     local t_open = testing.now() - t0
@@ -233,8 +235,8 @@ describe("a thousand subscribers", function()
       assert.are.equal(idsum, m.idsum)
       assert.are.equal("", m.rest)
     end
-    io.stderr:write(("\n  [channels] %d subscribers x %d events: opened in %.1f s, all delivered in %.1f s\n"):format(
-      N_SUBS, N_EVENTS, t_open, elapsed))
+    io.stderr:write(("\n  [channels] %d subscribers x %d events: opened in %.1f s (server RSS +%.1f KiB each), all delivered in %.1f s\n"):format(
+      N_SUBS, N_EVENTS, t_open, per_sub / 1024, elapsed))
     assert.is_true(elapsed < 120)
   end)
 
@@ -587,6 +589,31 @@ describe("channels with a history of 5", function()
   end)
 end)
 
+describe("channels with a history_ttl of half a second", function()
+  local server, client
+
+  setup(function()
+    server = testing.start(app("channels_ttl"))
+    client = testing.client(server)
+  end)
+
+  after_each(close_opened)
+  teardown(function() if server then server:stop() end end)
+
+  it("forget events once they are older, and report what a replay missed", function()
+    local e1 = publish(client, "brief", "e1")
+    local e2 = publish(client, "brief", "e2")
+    assert.are.equal(2, #history(client, "brief"))
+    assert.is_truthy(testing.wait_for(function() return #history(client, "brief") == 0 end, 5, 0.05),
+                     "events still in history 5 s after they were published")
+    local e3 = publish(client, "brief", "e3")
+    local s, info, replay = subscribe(client, "ch=brief", { ["Last-Event-ID"] = e1 })
+    assert.are.same({ 1, false, { frame(e3, "e3") } }, { info.replayed, info.ok, replay })
+    s, info, replay = subscribe(client, "ch=brief", { ["Last-Event-ID"] = e2 })
+    assert.are.same({ 1, true, { frame(e3, "e3") } }, { info.replayed, info.ok, replay })
+  end)
+end)
+
 -- ------------------------------------------------------- two workers
 
 describe("channels with --workers 2", function()
@@ -747,10 +774,10 @@ describe("channels with --workers 2", function()
       assert_quiet(s)
     end
 
-    -- then as fast as they can, both at once, 3000 events each
+    -- then as fast as they can, both at once: 3000 events each, in runs of 100
     local B = 3000
     for w, c in pairs(conns) do
-      must(c:send(testing.request_bytes("POST", ("/burst?ch=xw2&n=%d&tag=w%d"):format(B, w), { body = "" })))
+      must(c:send(testing.request_bytes("POST", ("/burst?ch=xw2&n=%d&tag=w%d&per=100&pause=0.001"):format(B, w), { body = "" })))
     end
     local events = {}
     for w, c in pairs(conns) do
@@ -984,6 +1011,19 @@ describe("the chat demo app", function()
     local ev = must(s:next_event(5))
     assert.are.same({ event = "message", id = second, data = '{"text":"two","user":"bob"}' }, ev)
     s:close()
+  end)
+
+  it("replays everything retained from id 0 (how the page starts on an empty history)", function()
+    local all = get_json(client, "/history")
+    assert(#all > 0)
+    local s = track(must(client:sse("/events?lastEventId=0")))
+    must(s:raw_until("\n\n", 5)) -- retry
+    for _, m in ipairs(all) do
+      local ev = must(s:next_event(5))
+      assert.are.equal(m.id, ev.id)
+      assert.are.same({ user = m.user, text = m.text }, json.decode(ev.data))
+    end
+    assert_quiet(s)
   end)
 
   it("serves the history after an id as JSON", function()
