@@ -1,12 +1,14 @@
 /* server.c - see server.h. */
 #include "server.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -104,25 +106,67 @@ static void publish_reload(const char *event, json_t *data) {
   free(text);
 }
 
-/* Splits a Lua error's first line, "file:line: message", into its parts. */
+/* Finds the file under root whose path ends with suffix (Lua shortens long
+ * chunk names to "...tail"); 1 with the full path in out. */
+static int find_suffix(const char *root, const char *suffix, char *out, size_t len, int depth) {
+  if (depth > 32) return 0;
+  DIR *dir = opendir(root);
+  if (dir == NULL) return 0;
+  struct dirent *e;
+  int found = 0;
+  size_t sl = strlen(suffix);
+  while (!found && (e = readdir(dir)) != NULL) {
+    if (e->d_name[0] == '.' || strcmp(e->d_name, "node_modules") == 0) continue;
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof(path), "%s/%s", root, e->d_name) >= (int)sizeof(path)) continue;
+    struct stat st;
+    if (stat(path, &st) != 0) continue;
+    if (S_ISDIR(st.st_mode)) {
+      found = find_suffix(path, suffix, out, len, depth + 1);
+    } else {
+      size_t pl = strlen(path);
+      if (pl >= sl && strcmp(path + pl - sl, suffix) == 0) {
+        snprintf(out, len, "%s", path);
+        found = 1;
+      }
+    }
+  }
+  closedir(dir);
+  return found;
+}
+
+/* Turns a Lua load error into { message, file, line }: the message is the
+ * text before its traceback; file and line come from the first "path:N: "
+ * in it (for an error in a required module that is on its second line). */
 static json_t *error_json(const char *err) {
-  const char *end = strchr(err, '\n');
-  size_t len = end ? (size_t)(end - err) : strlen(err);
+  const char *tb = strstr(err, "\nstack traceback:");
+  size_t len = tb ? (size_t)(tb - err) : strlen(err);
   json_t *o = json_object();
+  json_object_set_new(o, "message", json_stringn(err, len));
+  json_object_set_new(o, "file", json_null());
+  json_object_set_new(o, "line", json_null());
   for (size_t i = 0; i + 2 < len; i++) {
     if (err[i] != ':' || err[i + 1] < '0' || err[i + 1] > '9') continue;
     size_t j = i + 1;
     while (j < len && err[j] >= '0' && err[j] <= '9') j++;
-    if (j + 1 < len && err[j] == ':' && err[j + 1] == ' ') {
-      json_object_set_new(o, "file", json_stringn(err, i));
-      json_object_set_new(o, "line", json_integer(strtol(err + i + 1, NULL, 10)));
-      json_object_set_new(o, "message", json_stringn(err + j + 2, len - j - 2));
-      return o;
+    if (j + 1 >= len || err[j] != ':' || err[j + 1] != ' ') continue;
+    size_t k = i; /* the path runs back to whitespace or a quote */
+    while (k > 0 && err[k - 1] != ' ' && err[k - 1] != '\t' && err[k - 1] != '\n' && err[k - 1] != '\'')
+      k--;
+    char file[PATH_MAX];
+    snprintf(file, sizeof(file), "%.*s", (int)(i - k), err + k);
+    if (strncmp(file, "...", 3) == 0) {
+      char full[PATH_MAX];
+      if (find_suffix(server.cfg.app_dir, file + 3, full, sizeof(full), 0) ||
+          find_suffix(server.cfg.lua_dir, file + 3, full, sizeof(full), 0))
+        snprintf(file, sizeof(file), "%s", full);
     }
+    json_object_set_new(o, "file", json_string(file));
+    json_object_set_new(o, "line", json_integer(strtol(err + i + 1, NULL, 10)));
+    /* The message without its "path:N: " prefix when that is where it began. */
+    if (k == 0) json_object_set_new(o, "message", json_stringn(err + j + 2, len - j - 2));
+    break;
   }
-  json_object_set_new(o, "message", json_stringn(err, len));
-  json_object_set_new(o, "file", json_null());
-  json_object_set_new(o, "line", json_null());
   return o;
 }
 
@@ -204,6 +248,14 @@ int server_run(const server_config_t *cfg) {
   uv_signal_init(loop, &sighup);
   uv_signal_start(&sighup, on_sighup, SIGHUP);
 
+  /* The watcher too: a save while workers start must not be missed (its
+   * callback runs once the loop runs, after they all started). */
+  uv_timer_init(loop, &reload_poll);
+  if (cfg->reload) {
+    const char *roots[] = {cfg->app_dir, cfg->lua_dir, NULL};
+    watcher = watch_start(loop, roots, on_change, NULL);
+  }
+
   server.hub = hub_new(cfg->workers);
   server.workers = calloc((size_t)cfg->workers, sizeof(*server.workers));
   if (server.hub == NULL || server.workers == NULL) {
@@ -232,11 +284,6 @@ int server_run(const server_config_t *cfg) {
            cfg->app_dir, cfg->host, cfg->port, cfg->workers, cfg->workers == 1 ? "" : "s",
            cfg->reload ? " (reload on)" : "");
 
-  uv_timer_init(loop, &reload_poll);
-  if (cfg->reload) {
-    const char *roots[] = {cfg->app_dir, cfg->lua_dir, NULL};
-    watcher = watch_start(loop, roots, on_change, NULL);
-  }
   uv_timer_init(loop, &watchdog);
   uv_timer_start(&watchdog, on_watchdog, WATCHDOG_MS, WATCHDOG_MS);
   uv_run(loop, UV_RUN_DEFAULT);

@@ -13,6 +13,8 @@
 
 typedef struct dirwatch {
   uv_fs_event_t h;
+  dev_t dev;               /* which folder: a path deleted and made again */
+  ino_t ino;               /* within one burst is a new folder */
   list_node_t node;
   watch_t *owner;
   char path[];
@@ -42,12 +44,16 @@ static void on_event(uv_fs_event_t *h, const char *filename, int events, int sta
 /* Watches path and, recursively, the folders below it not watched yet. */
 static void add_tree(watch_t *w, const char *path, int depth) {
   if (depth > 32) return;
+  struct stat st;
+  if (stat(path, &st) != 0) return;
   if (!watched(w, path)) {
     size_t len = strlen(path);
     dirwatch_t *d = malloc(sizeof(*d) + len + 1);
     if (d == NULL) return;
     memcpy(d->path, path, len + 1);
     d->owner = w;
+    d->dev = st.st_dev;
+    d->ino = st.st_ino;
     uv_fs_event_init(w->loop, &d->h);
     d->h.data = d;
     if (uv_fs_event_start(&d->h, on_event, path, 0) != 0) {
@@ -70,14 +76,15 @@ static void add_tree(watch_t *w, const char *path, int depth) {
   closedir(dir);
 }
 
-/* Drops watchers of folders that are gone. */
+/* Drops watchers of folders that are gone, or were replaced by another
+ * folder of the same name (a checkout deletes and recreates them). */
 static void prune(watch_t *w) {
   list_node_t *n = w->dirs.next;
   while (n != &w->dirs) {
     dirwatch_t *d = list_entry(n, dirwatch_t, node);
     n = n->next;
     struct stat st;
-    if (stat(d->path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    if (stat(d->path, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_ino != d->ino || st.st_dev != d->dev) {
       list_remove(&d->node);
       uv_close((uv_handle_t *)&d->h, free_dir);
     }
