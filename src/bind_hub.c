@@ -188,7 +188,15 @@ static int l_history(lua_State *L) {
   }
   lua_newtable(L);
   if (bad_since) return 1; /* an id we never made: nothing to catch up on */
-  hub_channel_t *ch = channel_or_fail(L, cname, clen);
+  if (limit == 0 && !lua_isnoneornil(L, 2)) {
+    lua_getfield(L, 2, "limit");
+    int asked = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (asked) return 1; /* limit = 0: none */
+  }
+  /* Reading never creates a channel: names from clients cost nothing. */
+  hub_channel_t *ch = hub_channel_find(get_hub(L), cname, clen);
+  if (ch == NULL) return 1;
   hub_msg_t *items;
   uint64_t watermark;
   int gap;

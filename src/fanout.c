@@ -9,24 +9,25 @@
 #include "request.h"
 #include "worker.h"
 
-static int follows(const req_t *r, const hub_channel_t *ch) {
-  for (const list_node_t *n = r->subs.next; n != &r->subs; n = n->next)
-    if (list_entry(n, sub_t, rnode)->ch == ch) return 1;
-  return 0;
-}
-
 int fanout_subscribe(req_t *r, hub_channel_t **chs, int n, int has_since, uint64_t since,
                      int *gap) {
+  static _Thread_local uint64_t marks;
   worker_t *w = r->w;
   *gap = 0;
-  /* Only channels not followed yet: replaying one already followed would
-   * repeat what it delivered live. */
-  hub_channel_t *fresh[n > 0 ? n : 1];
+  /* Only channels not followed yet, each once: replaying one already
+   * followed would repeat what it delivered live.  A fresh mark per call
+   * tags the channels seen, in time linear in both lists. */
+  uint64_t mark = ++marks;
+  for (list_node_t *p = r->subs.next; p != &r->subs; p = p->next)
+    list_entry(p, sub_t, rnode)->ch->local[w->idx].mark = mark;
+  hub_channel_t **fresh = malloc((size_t)(n > 0 ? n : 1) * sizeof(*fresh));
+  if (fresh == NULL) return -ENOMEM;
   int k = 0;
   for (int i = 0; i < n; i++) {
-    int dup = follows(r, chs[i]);
-    for (int j = 0; j < k && !dup; j++) dup = fresh[j] == chs[i];
-    if (!dup) fresh[k++] = chs[i];
+    hub_local_t *loc = &chs[i]->local[w->idx];
+    if (loc->mark == mark) continue;
+    loc->mark = mark;
+    fresh[k++] = chs[i];
   }
   hub_msg_t *items = NULL;
   uint64_t watermark;
@@ -35,13 +36,17 @@ int fanout_subscribe(req_t *r, hub_channel_t **chs, int n, int has_since, uint64
    * drains only after the subscriptions below exist. */
   int got = hub_collect(w->srv->hub, fresh, has_since ? k : 0, since, has_since, 0, &items,
                         &watermark, gap);
-  if (got < 0) return got;
+  if (got < 0) {
+    free(fresh);
+    return got;
+  }
   if (!has_since) *gap = 0;
   for (int i = 0; i < k; i++) {
     sub_t *s = malloc(sizeof(*s));
     if (s == NULL) {
       for (int j = 0; j < got; j++) frame_unref(items[j].frame);
       free(items);
+      free(fresh);
       return -ENOMEM;
     }
     s->r = r;
@@ -58,6 +63,7 @@ int fanout_subscribe(req_t *r, hub_channel_t **chs, int n, int has_since, uint64
     frame_unref(items[j].frame);
   }
   free(items);
+  free(fresh);
   return got;
 }
 
@@ -98,8 +104,10 @@ void fanout_drain(worker_t *w) {
       sub_t *s = list_entry(p, sub_t, node);
       req_t *r = s->r;
       if (m->id <= s->min_id || r->slow) continue;
+      /* An empty queue takes any frame: an event larger than max_queue
+       * must not cut off every subscriber. */
       size_t queued = req_queued(r);
-      if (queued + m->frame->len > max_queue) {
+      if (queued > 0 && queued + m->frame->len > max_queue) {
         drop_slow(w, r, queued);
         continue;
       }

@@ -109,6 +109,18 @@ static int grow_table(hub_t *h) {
   return 0;
 }
 
+hub_channel_t *hub_channel_find(hub_t *h, const char *name, size_t len) {
+  uv_mutex_lock(&h->lock);
+  size_t i = hash_name(name, len) & (h->table_cap - 1);
+  hub_channel_t *ch;
+  while ((ch = h->table[i]) != NULL) {
+    if (ch->name_len == len && memcmp(ch->name, name, len) == 0) break;
+    i = (i + 1) & (h->table_cap - 1);
+  }
+  uv_mutex_unlock(&h->lock);
+  return ch;
+}
+
 hub_channel_t *hub_channel(hub_t *h, const char *name, size_t len) {
   uv_mutex_lock(&h->lock);
   size_t i = hash_name(name, len) & (h->table_cap - 1);

@@ -30,6 +30,7 @@ typedef struct hub hub_t;
 typedef struct hub_local {
   list_node_t subs;
   unsigned count;
+  uint64_t mark;           /* scratch for the worker (fanout's dedupe) */
 } hub_local_t;
 
 typedef struct hub_channel {
@@ -89,6 +90,9 @@ void hub_detach(hub_t *h, int w);
 /* The channel named name, created on first use.  Channels live as long as
  * the hub (their pointers are stable).  NULL when out of memory. */
 hub_channel_t *hub_channel(hub_t *h, const char *name, size_t len);
+
+/* The channel named name if it exists, else NULL (nothing is created). */
+hub_channel_t *hub_channel_find(hub_t *h, const char *name, size_t len);
 
 /* Publishes an encoded event.  body is the event without an id field; the
  * hub writes "id: N\n" into a copy at byte offset id_at (where the encoder

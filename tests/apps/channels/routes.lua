@@ -8,7 +8,8 @@
 --                              channel in the same turn (they are in the history
 --                              and still on their way to this worker's subscribers)
 --   POST /publish?ch=C[&event=E][&retry=R][&json=1]   the body as data -> { id, worker }
---   POST /burst?ch=C&n=N[&tag=T][&pause=S]            n events "T-1".."T-n" -> { ids, worker }
+--   POST /burst?ch=C&n=N[&tag=T][&pause=S][&per=K]    n events "T-1".."T-n", sleeping S s
+--                              after every K of them -> { ids, worker }
 --   POST /spawn?ch=C&n=N[&tag=T][&pause=S][&per=K]    the same in a background task -> 202
 --   POST /big?ch=C&i=I&size=S  one event of S bytes: I as 8 digits, then "x"s -> { id }
 --   POST /misuse               what sluice.publish says to an event with an id
