@@ -18,6 +18,8 @@ struct fetch_multi {
   list_node_t transfers;    /* running */
   list_node_t pending;      /* with events to deliver */
   list_node_t socks;        /* watched sockets */
+  list_node_t zombies;      /* freed by their owner during deliver() */
+  uv_timer_t sweep;         /* read_timeout checks */
   int delivering;
   int closing;
 };
@@ -43,6 +45,9 @@ struct fetch {
   size_t off;
   size_t limit;
   uint64_t received;
+  uint64_t read_timeout_ms; /* 0: none */
+  uint64_t last_byte_ms;    /* loop time of the last byte (or resume) */
+  int redirects_seen;
   long status;
   long max_redirects;
   char errbuf[CURL_ERROR_SIZE];
@@ -55,6 +60,7 @@ struct fetch {
   unsigned ev_headers : 1;  /* events waiting for delivery */
   unsigned ev_data : 1;
   unsigned ev_done : 1;
+  unsigned zombie : 1;
 };
 
 static void deliver(fetch_multi_t *m);
@@ -71,7 +77,10 @@ static void on_poll(uv_poll_t *h, int status, int events) {
   fetch_sock_t *s = h->data;
   fetch_multi_t *m = s->m;
   int flags = 0;
-  if (status < 0) flags = CURL_CSELECT_ERR;
+  /* On a socket error let libcurl find out by reading and writing: a
+   * reused keep-alive connection the upstream dropped is then retried on a
+   * new one, where CURL_CSELECT_ERR would fail the transfer. */
+  if (status < 0) flags = CURL_CSELECT_IN | CURL_CSELECT_OUT;
   if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
   if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
   int running;
@@ -147,8 +156,12 @@ fetch_multi_t *fetch_multi_new(uv_loop_t *loop) {
   list_init(&m->transfers);
   list_init(&m->pending);
   list_init(&m->socks);
+  list_init(&m->zombies);
   uv_timer_init(loop, &m->timer);
   m->timer.data = m;
+  uv_timer_init(loop, &m->sweep);
+  m->sweep.data = m;
+  uv_unref((uv_handle_t *)&m->sweep);
   curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
   curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
   curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
@@ -157,6 +170,12 @@ fetch_multi_t *fetch_multi_new(uv_loop_t *loop) {
 }
 
 static void free_multi(uv_handle_t *h) { free(h->data); }
+
+/* The sweep timer closed: close the other, whose callback frees m. */
+static void sweep_closed(uv_handle_t *h) {
+  fetch_multi_t *m = h->data;
+  uv_close((uv_handle_t *)&m->timer, free_multi);
+}
 
 void fetch_multi_close(fetch_multi_t *m) {
   if (m == NULL) return;
@@ -170,7 +189,7 @@ void fetch_multi_close(fetch_multi_t *m) {
     list_remove(&s->node);
     uv_close((uv_handle_t *)&s->poll, free_sock);
   }
-  uv_close((uv_handle_t *)&m->timer, free_multi);
+  uv_close((uv_handle_t *)&m->sweep, sweep_closed);
 }
 
 /* -------------------------------------------------------------- transfers */
@@ -251,6 +270,23 @@ static void deliver(fetch_multi_t *m) {
     }
   }
   m->delivering = 0;
+  while (!list_empty(&m->zombies)) {
+    fetch_t *z = list_entry(m->zombies.next, fetch_t, pnode);
+    list_remove(&z->pnode);
+    fetch_free(z);
+  }
+}
+
+/* Whether the header block read so far has a Location field. */
+static int has_location(const fetch_t *f) {
+  const char *p = f->head.p, *end = p + f->head.len;
+  while (p && p < end) {
+    if (end - p > 9 && strncasecmp(p, "location:", 9) == 0) return 1;
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    if (nl == NULL) break;
+    p = nl + 1;
+  }
+  return 0;
 }
 
 /* Whether the response whose head just ended is the one to report: not an
@@ -259,10 +295,10 @@ static int final_head(fetch_t *f) {
   long code = 0;
   curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &code);
   if (code >= 100 && code < 200) return 0;
-  if (f->max_redirects > 0 && (code == 301 || code == 302 || code == 303 || code == 307 || code == 308)) {
-    char *loc = NULL;
-    curl_easy_getinfo(f->easy, CURLINFO_REDIRECT_URL, &loc);
-    if (loc != NULL) return 0;
+  if (f->max_redirects > 0 && f->redirects_seen < f->max_redirects &&
+      (code == 301 || code == 302 || code == 303 || code == 307 || code == 308) && has_location(f)) {
+    f->redirects_seen++; /* libcurl follows it: the next head is the answer */
+    return 0;
   }
   f->status = code;
   return 1;
@@ -271,6 +307,7 @@ static int final_head(fetch_t *f) {
 static size_t header_cb(char *p, size_t size, size_t n, void *ud) {
   fetch_t *f = ud;
   size_t len = size * n;
+  f->last_byte_ms = uv_now(f->m->loop);
   if (f->head_ready) return len; /* trailers */
   if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
     buf_clear(&f->head); /* a new response (after 1xx or a redirect) */
@@ -301,6 +338,7 @@ static size_t write_cb(char *p, size_t size, size_t n, void *ud) {
   }
   if (buf_append(&f->data, p, len)) return 0;
   f->received += len;
+  f->last_byte_ms = uv_now(f->m->loop);
   if (!f->head_ready) { /* body before a blank line we saw: headers are final */
     curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &f->status);
     f->head_ready = 1;
@@ -309,6 +347,38 @@ static size_t write_cb(char *p, size_t size, size_t n, void *ud) {
   f->ev_data = 1;
   queue_event(f);
   return len;
+}
+
+/* Fails transfers whose upstream sent nothing for their read_timeout (time
+ * the download was paused by its reader does not count). */
+static void on_sweep(uv_timer_t *t) {
+  fetch_multi_t *m = t->data;
+  uint64_t now = uv_now(m->loop);
+  int any = 0;
+  list_node_t *n = m->transfers.next;
+  while (n != &m->transfers) {
+    fetch_t *f = list_entry(n, fetch_t, node);
+    n = n->next;
+    if (f->read_timeout_ms == 0) continue;
+    any = 1;
+    if (f->paused) {
+      f->last_byte_ms = now;
+      continue;
+    }
+    if (now - f->last_byte_ms < f->read_timeout_ms) continue;
+    curl_multi_remove_handle(m->multi, f->easy);
+    list_remove(&f->node);
+    f->running = 0;
+    f->done = 1;
+    char msg[96];
+    snprintf(msg, sizeof(msg), "timeout: no data for %.3g s (read_timeout)", (double)f->read_timeout_ms / 1000);
+    f->error = strdup(msg);
+    if (!f->head_ready) f->head_ready = 1;
+    f->ev_done = 1;
+    queue_event(f);
+  }
+  if (!any) uv_timer_stop(t);
+  deliver(m);
 }
 
 int fetch_start(fetch_multi_t *m, const fetch_opts_t *o, fetch_cb cb, void *ud, fetch_t **out,
@@ -349,9 +419,10 @@ int fetch_start(fetch_multi_t *m, const fetch_opts_t *o, fetch_cb cb, void *ud, 
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                    (long)((o->connect_timeout > 0 ? o->connect_timeout : 10) * 1000));
   if (o->timeout > 0) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(o->timeout * 1000));
-  if (o->read_timeout > 0) { /* under 1 byte a second for that long: stalled */
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)(o->read_timeout + 0.999));
+  if (o->read_timeout > 0) {
+    f->read_timeout_ms = (uint64_t)(o->read_timeout * 1000);
+    f->last_byte_ms = uv_now(m->loop);
+    if (!uv_is_active((uv_handle_t *)&m->sweep)) uv_timer_start(&m->sweep, on_sweep, 100, 100);
   }
   for (const char *const *h = o->headers; h && *h; h++) {
     struct curl_slist *l = curl_slist_append(f->hdrs, *h);
@@ -403,6 +474,13 @@ void fetch_abort(fetch_t *f) {
 void fetch_free(fetch_t *f) {
   if (f == NULL) return;
   fetch_abort(f);
+  if (f->m->delivering && !f->zombie) {
+    /* deliver() may still look at f after the callback that let its owner
+     * free it: free it when deliver() is done. */
+    f->zombie = 1;
+    list_push_back(&f->m->zombies, &f->pnode);
+    return;
+  }
   curl_easy_cleanup(f->easy);
   curl_slist_free_all(f->hdrs);
   buf_free(&f->head);
@@ -434,6 +512,7 @@ static void maybe_resume(fetch_t *f) {
   if (!f->running || f->held || !f->paused) return;
   if (f->limit && f->data.len - f->off > f->limit / 2) return;
   f->paused = 0;
+  f->last_byte_ms = uv_now(f->m->loop);
   curl_easy_pause(f->easy, CURLPAUSE_CONT);
   deliver(f->m);
 }

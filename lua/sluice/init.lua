@@ -117,6 +117,21 @@ do
   end
 end
 
+-- res:json(): the whole body decoded, or nil and why.
+do
+  local methods = debug.getregistry()["sluice.response"].methods
+
+  ---@param res sluice.Response
+  ---@return any|nil value, string? err
+  methods.json = function(res)
+    local text, err = res:text()
+    if not text then return nil, err end
+    local v, derr = json.decode(text)
+    if v == nil and derr then return nil, "invalid JSON: " .. derr end
+    return v
+  end
+end
+
 -------------------------------------------------------------------- errors
 
 --- An error that answers the request with a status instead of a 500.

@@ -45,6 +45,7 @@ local fake_core = {
 package.loaded["sluice.core"] = fake_core
 -- the core registers the stream metatable, whose methods the module extends
 debug.getregistry()["sluice.stream"] = { methods = { relay = function() return true end } }
+debug.getregistry()["sluice.response"] = { methods = {} }
 package.loaded["sluice"] = nil
 local sluice = require "sluice"
 
