@@ -28,8 +28,13 @@ run: deps build
 test: deps build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
+# The whole suite under AddressSanitizer and UndefinedBehaviorSanitizer; a
+# small quarantine keeps the memory-bound tests meaningful, and
+# LeakSanitizer checks every clean shutdown.
 test-asan: deps
-	@$(MAKE) --no-print-directory test BUILD=build-asan TYPE=Debug CMAKE_EXTRA=-DSLUICE_SANITIZE=ON
+	@SLUICE_SANITIZED=1 ASAN_OPTIONS=quarantine_size_mb=16:detect_leaks=1:abort_on_error=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(MAKE) --no-print-directory test BUILD=build-asan TYPE=Debug CMAKE_EXTRA=-DSLUICE_SANITIZE=ON
 
 clean:
 	rm -rf build build-asan
