@@ -180,7 +180,8 @@ static void read_opts(lua_State *L, int idx, fetch_opts_t *o, int *drain, size_t
   else if (t != LUA_TNIL) o->max_redirects = (long)luaL_checkinteger(L, -1);
   if (lua_getfield(L, idx, "drain_on_disconnect") != LUA_TNIL) *drain = lua_toboolean(L, -1);
   if (lua_getfield(L, idx, "max_body") != LUA_TNIL) *max_text = (size_t)luaL_checkinteger(L, -1);
-  lua_pop(L, 7);
+  if (lua_getfield(L, idx, "ca_file") != LUA_TNIL) o->ca_file = luaL_checkstring(L, -1);
+  lua_pop(L, 8); /* ca_file stays referenced: the caller keeps opts alive */
 }
 
 /* Builds the header list ("Name: value" strings in a Lua table kept on the

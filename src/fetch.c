@@ -289,12 +289,14 @@ static int has_location(const fetch_t *f) {
   return 0;
 }
 
-/* Whether the response whose head just ended is the one to report: not an
- * interim 1xx, not a redirect libcurl is about to follow. */
+/* Whether the response whose head just ended is the one to report: not a
+ * proxy's tunnel answer, not an interim 1xx, not a redirect libcurl is
+ * about to follow. */
 static int final_head(fetch_t *f) {
   long code = 0;
   curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &code);
-  if (code >= 100 && code < 200) return 0;
+  /* 0: the head was a proxy's answer to CONNECT, not the upstream's. */
+  if (code == 0 || (code >= 100 && code < 200)) return 0;
   if (f->max_redirects > 0 && f->redirects_seen < f->max_redirects &&
       (code == 301 || code == 302 || code == 303 || code == 307 || code == 308) && has_location(f)) {
     f->redirects_seen++; /* libcurl follows it: the next head is the answer */
@@ -412,6 +414,7 @@ int fetch_start(fetch_multi_t *m, const fetch_opts_t *o, fetch_cb cb, void *ud, 
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_USERAGENT, "sluice/" SLUICE_VERSION);
+  if (o->ca_file != NULL) curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
   if (o->max_redirects > 0) {
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
     curl_easy_setopt(e, CURLOPT_MAXREDIRS, o->max_redirects);

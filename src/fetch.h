@@ -44,6 +44,8 @@ typedef struct fetch_opts {
   double connect_timeout;    /* seconds; 0: 10 */
   double read_timeout;       /* seconds without a byte before failing; 0: none */
   long max_redirects;        /* 0: redirects are answers, not followed */
+  const char *ca_file;       /* CA bundle to verify https with, or NULL for
+                                the system's */
   size_t buffer_limit;       /* pause the download above this many unread bytes */
 } fetch_opts_t;
 

@@ -73,6 +73,21 @@ end
 local Mock = setmetatable({}, { __index = Proc })
 Mock.__index = Mock
 
+--- Starts the forward proxy (tests/mock/proxy.mjs) on a free port; its
+--- `:log()` lists the requests it forwarded ({ method, target }).
+function upstream.proxy()
+  local log_path = os.tmpname()
+  local p = spawn({ "node", testing.root .. "/tests/mock/proxy.mjs", "--log", log_path, "--exit-with-parent" },
+                  "the proxy")
+  p.log_path = log_path
+  function p.log(self)
+    local entries = {}
+    for line in read_file(self.log_path):gmatch("[^\n]+") do entries[#entries + 1] = testing.json.decode(line) end
+    return entries
+  end
+  return setmetatable(p, Proc)
+end
+
 --- Starts the Node mock LLM API on a free port.
 function upstream.mock()
   local root = testing.root
