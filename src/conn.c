@@ -119,7 +119,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     conn_close(c);
     return;
   }
-  if (c->state == CONN_CLOSING) return;
+  if (c->state == CONN_CLOSING) return; /* lingering: dropped */
   if (c->parser == NULL) return; /* a stream: nothing more is read */
   const char *p = c->w->readbuf;
   size_t len = (size_t)nread;
@@ -153,14 +153,14 @@ static void parse_failed(conn_t *c) {
   log_info("bad request: %d %s", status, reason);
   req_t *r = c->req;
   if (r == NULL || r->responded || r->streaming) {
-    conn_end(c); /* the request was answered already: just close */
+    conn_end_lingering(c); /* the request was answered already: just close */
     return;
   }
   /* When a handler runs (a body went over the limit mid-way), this answers
    * for it; the handler sees the request closed from now on. */
   r->keep_alive = 0;
   req_respond_error(r, status, reason);
-  conn_end(c);
+  conn_end_lingering(c);
 }
 
 /* Parses input until it is used up or the connection must wait for the
@@ -261,12 +261,35 @@ int conn_write(conn_t *c, frame_t *f) {
 
 static void on_write(uv_write_t *wr, int status);
 
+static void on_shutdown(uv_shutdown_t *sr, int status) {
+  (void)status;
+  free(sr); /* the connection closes on EOF or at its linger deadline */
+}
+
+/* Shuts down writing and keeps reading (to drop) until EOF or the deadline. */
+static void start_linger(conn_t *c) {
+  uv_shutdown_t *sr = malloc(sizeof(*sr));
+  if (sr == NULL || uv_shutdown(sr, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+    free(sr);
+    conn_close(c);
+    return;
+  }
+  worker_t *w = c->w;
+  c->deadline = worker_now(w) + CONN_LINGER_MS;
+  list_move_back(&w->lingering, &c->tnode);
+  c->reading = 1;
+  uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
 /* After the queue drained: wake a blocked sender, close an ending conn. */
 static void after_drain(conn_t *c) {
   if (c->req != NULL && c->wq.bytes <= CONN_LOW_WATER) req_on_drain(c->req);
   if (c->wq.bytes == 0 && c->end_after_flush && c->wreq == NULL) {
     c->end_after_flush = 0;
-    conn_close(c);
+    if (c->linger)
+      start_linger(c);
+    else
+      conn_close(c);
   }
 }
 
@@ -330,6 +353,11 @@ void conn_end(conn_t *c) {
   c->state = CONN_CLOSING;
   c->end_after_flush = 1;
   worker_mark_pending(c->w, c);
+}
+
+void conn_end_lingering(conn_t *c) {
+  c->linger = 1;
+  conn_end(c);
 }
 
 void conn_close(conn_t *c) {
@@ -400,7 +428,12 @@ void conn_sweep(worker_t *w, uint64_t now) {
     }
     c->req->keep_alive = 0;
     req_respond_error(c->req, 408, "request head not received in time");
-    conn_end(c);
+    conn_end_lingering(c);
+  }
+  while (!list_empty(&w->lingering)) {
+    conn_t *c = list_entry(w->lingering.next, conn_t, tnode);
+    if (c->deadline > now) break;
+    conn_close(c);
   }
   while (!list_empty(&w->idle_wait)) {
     conn_t *c = list_entry(w->idle_wait.next, conn_t, tnode);

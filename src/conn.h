@@ -32,6 +32,7 @@ struct req;
 #define CONN_LOW_WATER (16 * 1024)
 #define CONN_MAX_HEAD (16 * 1024)
 #define CONN_MAX_STASH (256 * 1024)
+#define CONN_LINGER_MS 2000
 
 enum conn_state {
   CONN_HEAD_WAIT, /* waiting for (the rest of) a request head */
@@ -58,6 +59,7 @@ typedef struct conn {
   unsigned end_after_flush : 1; /* close once the queue is empty */
   unsigned reading : 1;
   unsigned kill : 1;            /* conn_kill: close in the before-sleep pass */
+  unsigned linger : 1;          /* after the flush: shut down writing, drain input */
 } conn_t;
 
 /* Accepts one connection from w's listener. */
@@ -75,6 +77,12 @@ void conn_process(conn_t *c);
 
 /* Closes once everything queued has been sent. */
 void conn_end(conn_t *c);
+
+/* Like conn_end, for an error answered before the client finished sending:
+ * after the answer, writing is shut down and input is read and dropped for
+ * a moment (CONN_LINGER_MS at most) before the close, so that the client's
+ * unread bytes do not turn the close into a reset that loses the answer. */
+void conn_end_lingering(conn_t *c);
 
 /* Closes before the loop sleeps (not now: the caller may be walking a list
  * the close would change), dropping queued output. */

@@ -271,6 +271,7 @@ static void worker_main(void *arg) {
   list_init(&w->pending);
   list_init(&w->head_wait);
   list_init(&w->idle_wait);
+  list_init(&w->lingering);
   list_init(&w->streams);
   list_init(&w->retired);
   uv_loop_init(&w->loop);

@@ -65,6 +65,7 @@ typedef struct worker {
   list_node_t pending;    /* connections with output to flush or input to parse */
   list_node_t head_wait;  /* waiting for a request head; FIFO = deadline order */
   list_node_t idle_wait;  /* keep-alive, between requests; FIFO = deadline order */
+  list_node_t lingering;  /* closing after an error: draining input; FIFO */
   list_node_t streams;    /* open event streams, least recently written first */
   unsigned nconns;
 

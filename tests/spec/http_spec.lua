@@ -259,6 +259,19 @@ describe("HTTP", function()
       assert.are.equal(413, res.status)
     end)
 
+    it("let a client send its whole oversized body and still read the 413", function()
+      -- Closing at once would leave the body's bytes unread and turn the
+      -- close into a reset: the client would lose the answer mid-send.
+      local body = ("b"):rep(3 * 1024 * 1024)
+      local conn = assert(client:connect())
+      assert(conn:send("POST /raw HTTP/1.1\r\nHost: t\r\nContent-Length: " .. #body .. "\r\n\r\n"))
+      assert(conn:send(body), "the server reset the connection while the body was being sent")
+      local res = assert(conn:receive_response { timeout = 5 })
+      assert.are.equal(413, res.status)
+      assert.is_true(conn:closed(5))
+      conn:close()
+    end)
+
     it("answer an Expect: 100-continue body over max_body with 413", function()
       local conn = assert(client:connect())
       assert(conn:send("POST /raw HTTP/1.1\r\nHost: t\r\nContent-Length: 4096\r\nExpect: 100-continue\r\n\r\n"))
