@@ -56,6 +56,10 @@ void bind_fetch_open(lua_State *L);
 
 struct runtime {
   lua_State *L;
+  size_t mem_used;           /* bytes the VM holds (its allocator counts) */
+  size_t mem_limit;          /* refuse allocations past this; 0: none */
+  char warning[512];         /* a warning being assembled (lua_warning parts) */
+  size_t warning_len;
   app_opts_t opts;           /* what this VM's app asked for */
   list_node_t retired_node;  /* on w->retired once replaced by a reload */
   unsigned retired : 1;

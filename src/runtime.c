@@ -345,6 +345,7 @@ static int load_app(runtime_t *rt) {
   o->history = (size_t)opt_number(L, -1, "history", 1000);
   o->history_ttl = opt_number(L, -1, "history_ttl", 0);
   hub_configure(rt->w->srv->hub, o->history, o->history_ttl); /* the first load's values stay */
+  o->memory_limit = (size_t)opt_number(L, -1, "memory_limit", 256.0 * 1024 * 1024);
   lua_getfield(L, -1, "public");
   const char *pub = lua_isstring(L, -1) ? lua_tostring(L, -1) : "public";
   int n = pub[0] == '/' ? snprintf(o->public_dir, sizeof(o->public_dir), "%s", pub)
@@ -357,7 +358,40 @@ static int load_app(runtime_t *rt) {
   lua_pop(L, 2); /* public, options */
   rt->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_settop(L, 0);
+  /* The app is loaded: from here its handlers live within its limit. */
+  rt->mem_limit = o->memory_limit;
   return 0;
+}
+
+/* The VM's allocator: counts what the VM holds and refuses to grow past
+ * its memory_limit, so a handler allocating without bound gets a Lua
+ * "not enough memory" error (a 500) and the worker carries on. */
+static void *rt_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  runtime_t *rt = ud;
+  size_t old = ptr ? osize : 0;
+  if (nsize == 0) {
+    free(ptr);
+    rt->mem_used -= old;
+    return NULL;
+  }
+  if (rt->mem_limit && nsize > old && rt->mem_used + (nsize - old) > rt->mem_limit) return NULL;
+  void *p = realloc(ptr, nsize);
+  if (p != NULL) rt->mem_used = rt->mem_used - old + nsize;
+  return p;
+}
+
+/* Lua's warnings (errors in __gc among them) go to the log: they are
+ * never fatal, and never silent. */
+static void rt_warn(void *ud, const char *msg, int tocont) {
+  runtime_t *rt = ud;
+  size_t n = strlen(msg);
+  if (rt->warning_len + n >= sizeof(rt->warning)) n = sizeof(rt->warning) - 1 - rt->warning_len;
+  memcpy(rt->warning + rt->warning_len, msg, n);
+  rt->warning_len += n;
+  rt->warning[rt->warning_len] = '\0';
+  if (tocont) return;
+  if (rt->warning[0] != '@') log_warn("lua: %s", rt->warning); /* "@..." are control messages */
+  rt->warning_len = 0;
 }
 
 runtime_t *rt_new(worker_t *w, char *err, size_t errlen) {
@@ -370,7 +404,7 @@ runtime_t *rt_new(worker_t *w, char *err, size_t errlen) {
   list_init(&rt->tasks);
   list_init(&rt->timers);
   list_init(&rt->retired_node);
-  lua_State *L = luaL_newstate();
+  lua_State *L = lua_newstate(rt_alloc, rt);
   if (L == NULL) {
     snprintf(err, errlen, "cannot create a Lua state");
     free(rt);
@@ -378,6 +412,7 @@ runtime_t *rt_new(worker_t *w, char *err, size_t errlen) {
   }
   rt->L = L;
   *(runtime_t **)lua_getextraspace(L) = rt;
+  lua_setwarnf(L, rt_warn, rt);
   luaL_openlibs(L);
 
   /* package.path: the project's lua/ first, then the app's folder. */

@@ -32,6 +32,7 @@ typedef struct app_opts {
   size_t max_queue;    /* bytes queued for a subscriber before it is dropped */
   size_t history;      /* events kept per channel */
   double history_ttl;  /* seconds events stay in history; 0 = no limit */
+  size_t memory_limit; /* bytes a Lua VM may hold; 0 = no limit */
   char public_dir[4096];
 } app_opts_t;
 

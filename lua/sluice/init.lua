@@ -165,11 +165,13 @@ end
 ---@field max_queue? integer bytes queued for a slow subscriber before it is dropped (default 1 MiB)
 ---@field public? string folder of static files, relative to the app (default "public")
 ---@field cpu_budget? number seconds a handler may run without yielding (default 1)
+---@field memory_limit? integer bytes the app's Lua VM may hold (default 256 MiB)
 
 local OPTION_TYPES = {
   history = "number", history_ttl = "number", heartbeat = "number", heartbeat_comment = "string",
   retry = "number",
   cors = "any", max_body = "number", max_queue = "number", public = "string", cpu_budget = "number",
+  memory_limit = "number",
 }
 
 ---@class sluice.App
