@@ -43,7 +43,15 @@ static void refuse(worker_t *w, uv_tcp_t *tcp) {
       "Content-Length: 20\r\nRetry-After: 1\r\nConnection: close\r\n\r\nserver at capacity\r\n";
   uv_buf_t b = uv_buf_init((char *)msg, sizeof(msg) - 1);
   uv_try_write((uv_stream_t *)tcp, &b, 1);
-  log_warn("connection refused: at the cap of %d connections", w->cfg->max_conns);
+  /* One line a second at most, with a count: a flood must not flood the log. */
+  w->refused++;
+  uint64_t now = worker_now(w);
+  if (now - w->refused_logged_at >= 1000 || w->refused_logged_at == 0) {
+    log_warn("%llu connection%s refused: at the cap of %d connections", (unsigned long long)w->refused,
+             w->refused == 1 ? "" : "s", w->cfg->max_conns);
+    w->refused = 0;
+    w->refused_logged_at = now;
+  }
   uv_close((uv_handle_t *)tcp, free_unaccepted);
 }
 

@@ -69,6 +69,8 @@ typedef struct worker {
   list_node_t lingering;  /* closing after an error: draining input; FIFO */
   list_node_t streams;    /* open event streams, least recently written first */
   unsigned nconns;
+  uint64_t refused;           /* connections refused at the cap, not yet logged */
+  uint64_t refused_logged_at; /* loop ms of the last such log line */
 
   atomic_int stop_requested;
   int stopping;

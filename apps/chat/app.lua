@@ -78,6 +78,9 @@ local function history(req)
 end
 
 app:get("/", home)
+-- The page names its icon (inline), but a browser may still ask for
+-- /favicon.ico: an empty answer keeps a 404 out of its console.
+app:get("/favicon.ico", function() return { status = 204 } end)
 app:get("/events", events)
 app:post("/messages", post_message)
 app:get("/history", history)

@@ -280,5 +280,8 @@ end
 app:post("/v1/chat/completions", completions)
 app:get("/v1/models", models)
 app:get("/", function() return { status = 302, headers = { location = "/index.html" } } end)
+-- The page names its icon (inline), but a browser may still ask for
+-- /favicon.ico: an empty answer keeps a 404 out of its console.
+app:get("/favicon.ico", function() return { status = 204 } end)
 
 return app
