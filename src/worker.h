@@ -84,6 +84,8 @@ typedef struct worker {
   atomic_uint kill_gen;
   void *volatile running_co;        /* lua_State being resumed */
   pthread_t tid;
+  unsigned wd_gen;                  /* main thread only: the resume it timed */
+  uint64_t wd_cpu0;                 /* main thread only: thread CPU ms then */
 
   /* Reloads: the main thread asks for generation reload_req; the worker
    * answers with reload_done once it swapped VMs (reload_ok) or kept the
@@ -129,9 +131,9 @@ static inline uint64_t worker_now(worker_t *w) { return uv_now(&w->loop); }
 void worker_busy_begin(worker_t *w, void *co);
 void worker_busy_end(worker_t *w);
 
-/* Called from the main thread's watchdog: when the worker has been inside
- * one resume for longer than its budget, interrupts it with a signal that
- * arms a Lua hook to raise "cpu budget exceeded". */
+/* Called from the main thread's watchdog: when the worker's thread has
+ * spent more CPU time than its budget inside one resume, interrupts it with
+ * a signal that arms a Lua hook to raise "cpu budget exceeded". */
 void worker_watchdog(worker_t *w, uint64_t now_ms);
 
 #endif
