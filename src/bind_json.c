@@ -15,7 +15,9 @@
 
 #include "lrt.h"
 
-#define JSON_MAX_DEPTH 128
+/* As deep as jansson decodes (its JSON_PARSER_MAX_DEPTH), so that whatever
+ * decode returns encodes again; deeper means a cycle. */
+#define JSON_MAX_DEPTH 2048
 #define ARRAY_MT "sluice.json.array"
 
 static json_t *to_json(lua_State *L, int idx, int depth, const char **err);
@@ -85,6 +87,15 @@ static json_t *table_to_json(lua_State *L, int idx, int depth, const char **err)
       key = numkey;
     } else {
       *err = "object keys must be strings";
+      lua_pop(L, 2);
+      json_decref(o);
+      return NULL;
+    }
+    /* Keys JSON could not give back: a NUL (jansson refuses it when
+     * decoding), or the same key twice (1 and "1" both become "1"). */
+    if (memchr(key, '\0', klen) != NULL || json_object_getn(o, key, klen) != NULL) {
+      *err = memchr(key, '\0', klen) ? "object keys must not contain NUL"
+                                     : "an integer key and a string key would both be written as one JSON key";
       lua_pop(L, 2);
       json_decref(o);
       return NULL;
