@@ -155,9 +155,10 @@ int luaopen_sluice_core(lua_State *L) {
                                  {NULL, NULL}};
   static const luaL_Reg timer_methods[] = {{"cancel", l_timer_cancel}, {NULL, NULL}};
 
+  static const luaL_Reg timer_meta[] = {{"__gc", l_timer_gc}, {NULL, NULL}};
+
   luaL_newmetatable(L, TIMER_MT);
-  lua_pushcfunction(L, l_timer_gc);
-  lua_setfield(L, -2, "__gc");
+  luaL_setfuncs(L, timer_meta, 0);
   luaL_newlib(L, timer_methods);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);

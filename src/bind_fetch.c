@@ -707,15 +707,13 @@ void bind_fetch_open(lua_State *L) {
   static const luaL_Reg methods[] = {{"chunks", res_chunks}, {"lines", res_lines},
                                      {"events", res_events}, {"text", res_text},
                                      {"close", res_close},   {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__gc", res_gc},
+                                  {"__close", res_gc},
+                                  {"__index", res_index},
+                                  {"__tostring", res_tostring},
+                                  {NULL, NULL}};
   luaL_newmetatable(L, RESPONSE_MT);
-  lua_pushcfunction(L, res_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, res_gc);
-  lua_setfield(L, -2, "__close");
-  lua_pushcfunction(L, res_index);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, res_tostring);
-  lua_setfield(L, -2, "__tostring");
+  luaL_setfuncs(L, meta, 0);
   luaL_newlib(L, methods);
   lua_setfield(L, -2, "methods");
   lua_pop(L, 1);

@@ -423,18 +423,16 @@ void bind_http_open(lua_State *L) {
   static const luaL_Reg stream_methods[] = {
       {"send", l_send}, {"comment", l_comment}, {"close", l_close}, {NULL, NULL}};
 
+  static const luaL_Reg req_meta[] = {{"__gc", handle_gc}, {NULL, NULL}};
+  static const luaL_Reg stream_meta[] = {
+      {"__gc", handle_gc}, {"__index", stream_index}, {"__tostring", stream_tostring}, {NULL, NULL}};
+
   luaL_newmetatable(L, REQ_MT);
-  lua_pushcfunction(L, handle_gc);
-  lua_setfield(L, -2, "__gc");
+  luaL_setfuncs(L, req_meta, 0);
   lua_pop(L, 1);
 
   luaL_newmetatable(L, STREAM_MT);
-  lua_pushcfunction(L, handle_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, stream_index);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, stream_tostring);
-  lua_setfield(L, -2, "__tostring");
+  luaL_setfuncs(L, stream_meta, 0);
   luaL_newlib(L, stream_methods);
   lua_setfield(L, -2, "methods");
   lua_pop(L, 1);
