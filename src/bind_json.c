@@ -53,10 +53,6 @@ static int has_array_mark(lua_State *L, int idx) {
 }
 
 static json_t *table_to_json(lua_State *L, int idx, int depth, const char **err) {
-  if (depth > JSON_MAX_DEPTH) {
-    *err = "nesting too deep (or a cycle)";
-    return NULL;
-  }
   luaL_checkstack(L, 4, "json");
   lua_Integer n = 0;
   int marked = has_array_mark(L, idx);
@@ -113,6 +109,12 @@ static json_t *table_to_json(lua_State *L, int idx, int depth, const char **err)
 }
 
 static json_t *to_json(lua_State *L, int idx, int depth, const char **err) {
+  /* The top value is at depth 0; jansson refuses any value at depth
+   * JSON_MAX_DEPTH, so encode refuses it too. */
+  if (depth >= JSON_MAX_DEPTH) {
+    *err = "nesting too deep (or a cycle)";
+    return NULL;
+  }
   switch (lua_type(L, idx)) {
   case LUA_TNIL:
     return json_null();

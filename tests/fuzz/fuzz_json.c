@@ -141,11 +141,11 @@ static uint64_t next_u64(cursor_t *c) {
  *             6 string (length byte % 32, bytes)  7 json.null
  *             8 table: count byte % 8, then key and value programs per entry
  *             9 array: count byte % 8, mark bit, then value programs
- * Nesting past 200 pushes nil. */
+ * Nesting past 2100 (past both codecs' depth limits) pushes nil. */
 static void build(cursor_t *c, int depth) {
   luaL_checkstack(L, 6, "build");
   int op = next_byte(c);
-  if (op < 0 || depth > 200) {
+  if (op < 0 || depth > 2100) {
     lua_pushnil(L);
     return;
   }
