@@ -13,8 +13,6 @@
 
 typedef struct dirwatch {
   uv_fs_event_t h;
-  dev_t dev;               /* which folder: a path deleted and made again */
-  ino_t ino;               /* within one burst is a new folder */
   list_node_t node;
   watch_t *owner;
   char path[];
@@ -52,8 +50,6 @@ static void add_tree(watch_t *w, const char *path, int depth) {
     if (d == NULL) return;
     memcpy(d->path, path, len + 1);
     d->owner = w;
-    d->dev = st.st_dev;
-    d->ino = st.st_ino;
     uv_fs_event_init(w->loop, &d->h);
     d->h.data = d;
     if (uv_fs_event_start(&d->h, on_event, path, 0) != 0) {
@@ -76,24 +72,23 @@ static void add_tree(watch_t *w, const char *path, int depth) {
   closedir(dir);
 }
 
-/* Drops watchers of folders that are gone, or were replaced by another
- * folder of the same name (a checkout deletes and recreates them). */
-static void prune(watch_t *w) {
-  list_node_t *n = w->dirs.next;
-  while (n != &w->dirs) {
-    dirwatch_t *d = list_entry(n, dirwatch_t, node);
-    n = n->next;
-    struct stat st;
-    if (stat(d->path, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_ino != d->ino || st.st_dev != d->dev) {
-      list_remove(&d->node);
-      uv_close((uv_handle_t *)&d->h, free_dir);
-    }
+/* Drops every watch.  After a burst of changes the watches are made anew
+ * from the tree as it is now: a folder deleted and made again (a checkout)
+ * may even come back with the same inode number, and its old watch is dead;
+ * rebuilding is exact and costs microseconds for a source tree.  Changes made
+ * while no watch stands are not lost: the reload that follows reads the
+ * files as they are. */
+static void drop_all(watch_t *w) {
+  while (!list_empty(&w->dirs)) {
+    dirwatch_t *d = list_entry(w->dirs.next, dirwatch_t, node);
+    list_remove(&d->node);
+    uv_close((uv_handle_t *)&d->h, free_dir);
   }
 }
 
 static void on_quiet(uv_timer_t *t) {
   watch_t *w = t->data;
-  prune(w);
+  drop_all(w);
   for (char **r = w->roots; *r; r++) add_tree(w, *r, 0);
   w->cb(w->arg, w->changed);
 }
@@ -139,10 +134,6 @@ static void free_watch(uv_handle_t *h) {
 void watch_stop(watch_t *w) {
   if (w == NULL) return;
   w->stopping = 1;
-  while (!list_empty(&w->dirs)) {
-    dirwatch_t *d = list_entry(w->dirs.next, dirwatch_t, node);
-    list_remove(&d->node);
-    uv_close((uv_handle_t *)&d->h, free_dir);
-  }
+  drop_all(w);
   uv_close((uv_handle_t *)&w->quiet, free_watch);
 }
