@@ -61,13 +61,29 @@ local function stream_error(stream, message)
   stream:send "[DONE]"
 end
 
+--- Whether a streaming client asked for the usage chunk itself.
+---@param body table
+---@return boolean
+local function wants_usage(body)
+  return body.stream == true and type(body.stream_options) == "table" and body.stream_options.include_usage == true
+end
+
+--- POSTs `up` to BASE .. path and notes the status for the log.
+---@return sluice.Response|nil res, sluice.Response? failure the 502 to answer when the upstream is unreachable
+local function post_upstream(path, up, headers, l)
+  local res, err = sluice.fetch(BASE .. path, { method = "POST", body = up, read_timeout = 600, headers = headers })
+  l.status = res and res.status or 502
+  if not res then return nil, fail(502, "upstream: " .. err) end
+  return res
+end
+
 -------------------------------------------------------------- OpenAI upstream
 
 ---@param req sluice.Request
 ---@param body table the client's request
 ---@param l LlmLog
 local function from_openai(req, body, l)
-  local client_usage = body.stream and type(body.stream_options) == "table" and body.stream_options.include_usage
+  local client_usage = wants_usage(body)
   local up = body
   if body.stream and not client_usage then
     -- Ask for usage for our log; the extra chunk is kept from the client.
@@ -75,15 +91,9 @@ local function from_openai(req, body, l)
     for k, v in pairs(body) do up[k] = v end
     up.stream_options = { include_usage = true }
   end
-  local res, err = sluice.fetch(BASE .. "/chat/completions", {
-    method = "POST", body = up, read_timeout = 600,
-    headers = { authorization = "Bearer " .. KEY, accept = body.stream and "text/event-stream" or "application/json" },
-  })
-  if not res then
-    l.status = 502
-    return fail(502, "upstream: " .. err)
-  end
-  l.status = res.status
+  local res, failure = post_upstream("/chat/completions", up,
+    { authorization = "Bearer " .. KEY, accept = body.stream and "text/event-stream" or "application/json" }, l)
+  if not res then return failure end
   if res.status ~= 200 then
     -- Nothing went to the client yet: it gets the upstream's own answer.
     local text = res:text() or ""
@@ -132,18 +142,12 @@ end
 ---@param body table
 ---@param l LlmLog
 local function from_anthropic(req, body, l)
-  local client_usage = body.stream and type(body.stream_options) == "table" and body.stream_options.include_usage
+  local client_usage = wants_usage(body)
   local up = openai.to_anthropic_request(body)
   up.stream = true -- streamed either way: a non-stream answer is assembled here
-  local res, err = sluice.fetch(BASE .. "/messages", {
-    method = "POST", body = up, read_timeout = 600,
-    headers = { ["x-api-key"] = KEY, ["anthropic-version"] = "2023-06-01", accept = "text/event-stream" },
-  })
-  if not res then
-    l.status = 502
-    return fail(502, "upstream: " .. err)
-  end
-  l.status = res.status
+  local res, failure = post_upstream("/messages", up,
+    { ["x-api-key"] = KEY, ["anthropic-version"] = "2023-06-01", accept = "text/event-stream" }, l)
+  if not res then return failure end
   if res.status ~= 200 then
     local text = res:text() or ""
     local e = json.decode(text)

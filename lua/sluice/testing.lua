@@ -126,7 +126,7 @@ local tempdirs = {}
 --- in it when the test process exits (or by testing.remove_tempdir).
 ---@return string path
 function testing.tempdir()
-  local p = assert(io.popen("mktemp -d -t sluice-test.XXXXXXXX 2>/dev/null"))
+  local p = assert(io.popen("mktemp -d -t sluice-test." .. ("X"):rep(8) .. " 2>/dev/null"))
   local path = p:read("l")
   p:close()
   if not path or path == "" then error("sluice.testing: mktemp -d failed") end
