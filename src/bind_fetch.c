@@ -53,6 +53,7 @@ typedef struct lfetch {
   rhandle_t *relay_h;        /* relay: the stream it writes to (its handle
                                 is on the relaying task's stack) */
   const char *relay_error;
+  buf_t relay_out;           /* relay: the events of one read, encoded */
   char last_id[256];         /* relay: the id last written downstream */
   size_t last_id_len;
   int has_last_id;
@@ -82,6 +83,7 @@ static int res_gc(lua_State *L) {
   if (lf->events_on) sse_parser_free(&lf->parser);
   lf->events_on = 0;
   buf_free(&lf->line);
+  buf_free(&lf->relay_out);
   if (lf->queue_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, lf->queue_ref);
   lf->queue_ref = LUA_NOREF;
   return 0;
@@ -595,11 +597,12 @@ static int res_tostring(lua_State *L) {
 
 typedef struct { lfetch_t *lf; } relay_ctx_t;
 
-/* Re-encodes one upstream event as a frame on the client's stream. */
+/* Re-encodes one upstream event onto the relay's batch (relay_step writes
+ * the batch as one frame: one allocation and one iovec per read, not per
+ * event, which is what a token stream costs). */
 static int relay_event(void *ctx, int kind, const sse_parsed_t *ev) {
   lfetch_t *lf = ((relay_ctx_t *)ctx)->lf;
-  req_t *r = lf->relay_h ? lf->relay_h->r : NULL;
-  if (kind != SSE_PARSED_EVENT || r == NULL) return 0;
+  if (kind != SSE_PARSED_EVENT) return 0;
   sse_event_t out = {0};
   out.retry = ev->retry;
   out.data = ev->data;
@@ -615,14 +618,11 @@ static int relay_event(void *ctx, int kind, const sse_parsed_t *ev) {
     lf->last_id_len = ev->id_len;
     lf->has_last_id = 1;
   }
-  frame_t *f;
   enum sse_field bad;
   /* The parser never hands over CR or LF in a field; an event type with a
    * NUL (which the grammar allows) cannot be written on: it is dropped. */
-  if (sse_encode(&out, &f, &bad) != 0) return 0;
-  req_stream_write(r, f);
-  frame_unref(f);
-  return 0;
+  int rc = sse_encode_append(&out, &lf->relay_out, &bad);
+  return rc == -ENOMEM ? rc : 0;
 }
 
 static void relay_drained(void *arg) {
@@ -639,6 +639,7 @@ static void relay_step(lfetch_t *lf) {
   const char *p = fetch_peek(lf->f, &n);
   if (n > 0) {
     relay_ctx_t ctx = {lf};
+    buf_clear(&lf->relay_out);
     int rc = sse_parser_feed(&lf->parser, p, n, relay_event, &ctx);
     if (rc < 0) {
       lf->relay_error = rc == -E2BIG ? "upstream event too large" : "not enough memory";
@@ -646,6 +647,16 @@ static void relay_step(lfetch_t *lf) {
       return;
     }
     fetch_consume(lf->f, n);
+    if (lf->relay_out.len > 0 && r != NULL) {
+      frame_t *f = frame_copy(lf->relay_out.p, lf->relay_out.len);
+      if (f == NULL) {
+        lf->relay_error = "not enough memory";
+        lf_abort(lf);
+        return;
+      }
+      req_stream_write(r, f);
+      frame_unref(f);
+    }
   }
   if (r != NULL && !req_stream_closed(r) && req_queued(r) > CONN_HIGH_WATER) fetch_hold(lf->f, 1);
   if (r == NULL || req_stream_closed(r)) {

@@ -1,8 +1,9 @@
 /*
  * sse_encode.h - the Server-Sent Events frame encoder.
  *
- * Pure: bytes in, one frame out; no loop, no Lua, no sockets.  The output
- * follows the WHATWG "event stream" grammar byte for byte, in this order:
+ * Pure: bytes in, one frame (or bytes appended to a buffer) out; no loop,
+ * no Lua, no sockets.  The output follows the WHATWG "event stream"
+ * grammar byte for byte, in this order:
  *
  *   event: <event>\n          when an event name is given
  *   id: <id>\n                when an id is given (an empty id is "id:\n")
@@ -20,6 +21,7 @@
 
 #include <stddef.h>
 
+#include "buf.h"
 #include "frame.h"
 
 typedef struct sse_event {
@@ -42,6 +44,11 @@ int sse_field_ok(const char *s, size_t n);
  * Returns 0; -EINVAL with *bad set to the offending field when event or id
  * holds CR, LF or NUL, or when the event is empty; -ENOMEM. */
 int sse_encode(const sse_event_t *ev, frame_t **out, enum sse_field *bad);
+
+/* Appends ev, encoded as sse_encode() would, to out: many events in one
+ * block, where they all go to the same place (a relayed stream).  Returns
+ * 0; -EINVAL with *bad set as above; -ENOMEM (out is left as it was). */
+int sse_encode_append(const sse_event_t *ev, buf_t *out, enum sse_field *bad);
 
 /* Encodes a comment: every line of text (split on CR, LF, CRLF) becomes
  * ": <line>\n" (":\n" for an empty line), then a blank line.  NULL text or

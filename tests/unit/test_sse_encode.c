@@ -12,15 +12,28 @@ static sse_event_t data_event(const char *data, size_t n) {
   return ev;
 }
 
-/* Encodes ev, checks that it succeeds and that the frame holds want. */
-#define CHECK_ENCODES(ev, want)                          \
-  do {                                                   \
-    frame_t *f_ = NULL;                                  \
-    enum sse_field b_ = SSE_FIELD_EMPTY;                 \
-    CHECK(sse_encode(&(ev), &f_, &b_) == 0);             \
-    CHECK(b_ == SSE_FIELD_NONE);                         \
-    if (f_ != NULL) CHECK_BYTES(f_->data, f_->len, want); \
-    frame_unref(f_);                                     \
+/* Encodes ev, checks that it succeeds and that the frame holds want; then
+ * that appending it twice to a buffer after a prefix gives the prefix and
+ * want twice. */
+#define CHECK_ENCODES(ev, want)                                         \
+  do {                                                                  \
+    frame_t *f_ = NULL;                                                 \
+    enum sse_field b_ = SSE_FIELD_EMPTY;                                \
+    CHECK(sse_encode(&(ev), &f_, &b_) == 0);                            \
+    CHECK(b_ == SSE_FIELD_NONE);                                        \
+    if (f_ != NULL) CHECK_BYTES(f_->data, f_->len, want);               \
+    frame_unref(f_);                                                    \
+    buf_t a_ = BUF_INIT;                                                \
+    CHECK(buf_puts(&a_, "x") == 0);                                     \
+    CHECK(sse_encode_append(&(ev), &a_, &b_) == 0);                     \
+    CHECK(sse_encode_append(&(ev), &a_, NULL) == 0);                    \
+    size_t n_ = strlen(want);                                           \
+    CHECK(a_.len == 1 + 2 * n_);                                        \
+    if (a_.len == 1 + 2 * n_) {                                         \
+      CHECK_BYTES(a_.p + 1, n_, want);                                  \
+      CHECK_BYTES(a_.p + 1 + n_, n_, want);                             \
+    }                                                                   \
+    buf_free(&a_);                                                      \
   } while (0)
 
 /* Encodes the C string s as the only data of an event. */
@@ -30,7 +43,8 @@ static sse_event_t data_event(const char *data, size_t n) {
     CHECK_ENCODES(e_, want);                         \
   } while (0)
 
-/* Encodes ev, checks that it is refused with -EINVAL naming field. */
+/* Encodes ev, checks that it is refused with -EINVAL naming field, and
+ * that appending it is refused alike and leaves the buffer as it was. */
 #define CHECK_REFUSED(ev, field)                           \
   do {                                                     \
     frame_t *f_ = (frame_t *)&f_;                          \
@@ -38,6 +52,13 @@ static sse_event_t data_event(const char *data, size_t n) {
     CHECK(sse_encode(&(ev), &f_, &b_) == -EINVAL);         \
     CHECK(b_ == (field));                                  \
     CHECK(f_ == NULL);                                     \
+    buf_t a_ = BUF_INIT;                                   \
+    CHECK(buf_puts(&a_, "x") == 0);                        \
+    b_ = SSE_FIELD_NONE;                                   \
+    CHECK(sse_encode_append(&(ev), &a_, &b_) == -EINVAL);  \
+    CHECK(b_ == (field));                                  \
+    CHECK(a_.len == 1);                                    \
+    buf_free(&a_);                                         \
   } while (0)
 
 /* Encodes the n bytes at s as a comment, checks the frame holds want. */
