@@ -180,16 +180,53 @@ static void render_headers(lua_State *L, int idx) {
   luaL_pushresult(&b);
 }
 
-/* core.respond(h, status, headers, body) -> true, or nil, "closed". */
+/* Header lines rendered once by core.headers and sent as they are by every
+ * response that names them: the validation and the rendering are paid for
+ * once, not per response. */
+typedef struct hlines {
+  size_t len;
+  char data[];
+} hlines_t;
+
+#define HEADERS_MT "sluice.headers"
+
+/* core.headers(tbl) -> the header table rendered (and checked) once, for
+ * core.respond and core.sse. */
+static int l_headers(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  render_headers(L, 1);
+  size_t n;
+  const char *s = lua_tolstring(L, -1, &n);
+  hlines_t *hl = lua_newuserdatauv(L, sizeof(*hl) + n, 0);
+  hl->len = n;
+  memcpy(hl->data, s, n);
+  luaL_setmetatable(L, HEADERS_MT);
+  return 1;
+}
+
+/* The header lines for the argument at idx: those of a core.headers value,
+ * or the table (or nil) rendered now, pushed on the stack.  Either way the
+ * bytes stay valid while the stack slots from idx up do. */
+static const char *check_headers(lua_State *L, int idx, size_t *len) {
+  hlines_t *hl = luaL_testudata(L, idx, HEADERS_MT);
+  if (hl != NULL) {
+    *len = hl->len;
+    return hl->data;
+  }
+  render_headers(L, idx);
+  return lua_tolstring(L, -1, len);
+}
+
+/* core.respond(h, status, headers, body) -> true, or nil, "closed".
+ * headers: a table, nil, or a core.headers value. */
 static int l_respond(lua_State *L) {
   req_t *r = check_req(L, 1);
   lua_Integer status = luaL_checkinteger(L, 2);
   if (status < 200 || status > 599) return luaL_error(L, "invalid status %d", (int)status);
   size_t blen = 0;
   const char *body = luaL_optlstring(L, 4, NULL, &blen);
-  render_headers(L, 3);
   size_t hlen;
-  const char *hdrs = lua_tolstring(L, -1, &hlen);
+  const char *hdrs = check_headers(L, 3, &hlen);
   if (r == NULL) return closed(L);
   int rc = req_respond(r, (int)status, hdrs, hlen, body, blen);
   if (rc == -EALREADY) return luaL_error(L, "a response was already sent for this request");
@@ -262,13 +299,13 @@ static req_t *check_stream(lua_State *L) {
   return ((rhandle_t *)luaL_checkudata(L, 1, STREAM_MT))->r;
 }
 
-/* core.sse(h, headers, retry) -> stream, or nil, "closed". */
+/* core.sse(h, headers, retry) -> stream, or nil, "closed".  headers as
+ * for core.respond. */
 static int l_sse(lua_State *L) {
   req_t *r = check_req(L, 1);
   lua_Integer retry = luaL_optinteger(L, 3, -1);
-  render_headers(L, 2);
   size_t hlen;
-  const char *hdrs = lua_tolstring(L, -1, &hlen);
+  const char *hdrs = check_headers(L, 2, &hlen);
   if (r == NULL) return closed(L);
   if (r->streaming || r->responded) return luaL_error(L, "req:sse(): a response was already started");
   int rc = req_sse_open(r, hdrs, hlen, (long)retry);
@@ -419,7 +456,7 @@ void bind_http_open(lua_State *L) {
   static const luaL_Reg core[] = {
       {"req_headers", l_req_headers}, {"req_remote", l_req_remote}, {"req_body", l_req_body},
       {"respond", l_respond},         {"static", l_static},         {"sse", l_sse},
-      {NULL, NULL}};
+      {"headers", l_headers},         {NULL, NULL}};
   static const luaL_Reg stream_methods[] = {
       {"send", l_send}, {"comment", l_comment}, {"close", l_close}, {NULL, NULL}};
 
@@ -429,6 +466,9 @@ void bind_http_open(lua_State *L) {
 
   luaL_newmetatable(L, REQ_MT);
   luaL_setfuncs(L, req_meta, 0);
+  lua_pop(L, 1);
+
+  luaL_newmetatable(L, HEADERS_MT);
   lua_pop(L, 1);
 
   luaL_newmetatable(L, STREAM_MT);

@@ -34,7 +34,7 @@ struct task {
   void *wait_ctx;         /* what else it waits on (a response), or NULL */
   list_node_t fetches;    /* upstream responses it started (bind_fetch.c) */
   lrt_push_fn push;       /* set while waiting */
-  list_node_t node;       /* on rt->tasks */
+  list_node_t node;       /* on rt->tasks, or on rt->spare once ended */
   int nargs;              /* arguments waiting for a deferred start */
   unsigned running : 1;
   unsigned waiting : 1;
@@ -68,6 +68,9 @@ struct runtime {
   task_t *current;        /* the task being resumed, if any */
   int dispatch_ref;       /* the app's dispatcher function */
   list_node_t tasks;      /* live tasks */
+  list_node_t spare;      /* ended tasks kept for reuse, coroutine and timer
+                             included (at most RT_SPARE_TASKS) */
+  unsigned nspare;
   list_node_t timers;     /* sluice.every/after timers */
   unsigned stopping : 1;
 };

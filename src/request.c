@@ -13,9 +13,33 @@
 #include "runtime.h"
 #include "worker.h"
 
+/* A spare request is poisoned for AddressSanitizer, so that a use after its
+ * end is still reported although its memory was not freed. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#else
+#define ASAN_POISON_MEMORY_REGION(p, n) ((void)(p), (void)(n))
+#define ASAN_UNPOISON_MEMORY_REGION(p, n) ((void)(p), (void)(n))
+#endif
+
+/* Ended requests a worker keeps for reuse, with their message buffers when
+ * those stayed small: a keep-alive client's next request then allocates
+ * nothing for its head.  Larger buffers (an upload's body) are freed. */
+#define REQ_SPARE 32
+#define REQ_SPARE_KEEP (4 * 1024)
+
 req_t *req_new(conn_t *c) {
-  req_t *r = calloc(1, sizeof(*r));
-  if (r == NULL) return NULL;
+  worker_t *w = c->w;
+  req_t *r = w->spare_reqs;
+  if (r != NULL) {
+    ASAN_UNPOISON_MEMORY_REGION(r, sizeof(*r));
+    w->spare_reqs = r->next_spare;
+    w->nspare_reqs--;
+    r->next_spare = NULL;
+  } else {
+    r = calloc(1, sizeof(*r));
+    if (r == NULL) return NULL;
+  }
   r->conn = c;
   r->w = c->w;
   list_init(&r->hb);
@@ -62,12 +86,39 @@ void req_on_drain(req_t *r) {
   }
 }
 
-/* Releases what every ending path releases. */
+/* Releases what every ending path releases; the request itself is kept as
+ * a spare (cleared, as calloc would give it) while the worker has room. */
 static void release(req_t *r) {
   fanout_unsubscribe_all(r);
   list_remove(&r->hb);
-  http_msg_free(&r->msg);
-  free(r);
+  worker_t *w = r->w;
+  if (w->nspare_reqs >= REQ_SPARE) {
+    http_msg_free(&r->msg);
+    free(r);
+    return;
+  }
+  if (r->msg.raw.cap > REQ_SPARE_KEEP || r->msg.body.cap > REQ_SPARE_KEEP)
+    http_msg_free(&r->msg);
+  else
+    http_msg_reset(&r->msg);
+  http_msg_t msg = r->msg;
+  memset(r, 0, sizeof(*r));
+  r->msg = msg;
+  r->next_spare = w->spare_reqs;
+  w->spare_reqs = r;
+  w->nspare_reqs++;
+  ASAN_POISON_MEMORY_REGION(r, sizeof(*r));
+}
+
+void req_drop_spares(worker_t *w) {
+  while (w->spare_reqs != NULL) {
+    req_t *r = w->spare_reqs;
+    ASAN_UNPOISON_MEMORY_REGION(r, sizeof(*r));
+    w->spare_reqs = r->next_spare;
+    http_msg_free(&r->msg);
+    free(r);
+  }
+  w->nspare_reqs = 0;
 }
 
 void req_abort(req_t *r) {
@@ -101,19 +152,87 @@ int req_finished(const req_t *r) {
   return (r->responded || r->stream_ended) && r->msg.complete && r->task == NULL;
 }
 
-/* Appends the status line and the headers every response carries. */
-static int begin_head(buf_t *b, req_t *r, int status) {
-  return buf_printf(b, "HTTP/1.1 %d %s\r\n%s", status, http_reason(status), worker_date(r->w));
+/* Room for the status line and the Date line ("HTTP/1.1 ", the status,
+ * a space, a reason of at most 31 bytes (http_reason's longest), CRLF and
+ * the Date line's 37), and for the Content-Length and Connection lines with
+ * the blank line that ends a head (at most 16 + 20 + 2 + 26). */
+#define HEAD_START_MAX 128
+#define HEAD_END_MAX 96
+
+/* Copies n bytes to p and returns the position after them. */
+static char *put(char *p, const char *s, size_t n) {
+  memcpy(p, s, n);
+  return p + n;
 }
 
-/* Appends Connection when it must be said, then the blank line. */
-static int end_head(buf_t *b, req_t *r) {
+/* Writes v in decimal at p and returns the position after it. */
+static char *put_decimal(char *p, uint64_t v) {
+  char tmp[20];
+  size_t n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  while (n > 0) *p++ = tmp[--n];
+  return p;
+}
+
+/* Renders the status line and the Date line every response carries into
+ * out (HEAD_START_MAX bytes); returns their length.  Written by hand, not
+ * with printf: this runs for every response. */
+static size_t head_start(req_t *r, int status, char *out) {
+  const char *reason = http_reason(status);
+  size_t dlen;
+  const char *date = worker_date(r->w, &dlen);
+  char *p = put(out, "HTTP/1.1 ", 9);
+  p = put_decimal(p, (uint64_t)(unsigned)status);
+  *p++ = ' ';
+  p = put(p, reason, strlen(reason));
+  p = put(p, "\r\n", 2);
+  p = put(p, date, dlen);
+  return (size_t)(p - out);
+}
+
+static int no_body_status(int status) {
+  return (status >= 100 && status < 200) || status == 204 || status == 304;
+}
+
+/* Renders Content-Length (for a status that has a body), Connection when
+ * it must be said, and the blank line into out (HEAD_END_MAX bytes);
+ * returns their length. */
+static size_t head_end(req_t *r, int status, size_t content_length, char *out) {
+  char *p = out;
+  if (!no_body_status(status)) {
+    p = put(p, "Content-Length: ", 16);
+    p = put_decimal(p, content_length);
+    p = put(p, "\r\n", 2);
+  }
   if (!r->keep_alive || r->w->stopping) {
     r->keep_alive = 0;
-    return buf_puts(b, "Connection: close\r\n\r\n");
+    p = put(p, "Connection: close\r\n\r\n", 21);
+  } else if (r->msg.minor == 0) {
+    p = put(p, "Connection: keep-alive\r\n\r\n", 26);
+  } else {
+    p = put(p, "\r\n", 2);
   }
-  if (r->msg.minor == 0) return buf_puts(b, "Connection: keep-alive\r\n\r\n");
-  return buf_puts(b, "\r\n");
+  return (size_t)(p - out);
+}
+
+/* Makes the frame of a response: the head (the status line, Date, hdrs,
+ * Content-Length and Connection) and then blen bytes of body, in one
+ * allocation.  NULL when out of memory. */
+static frame_t *response_frame(req_t *r, int status, const char *hdrs, size_t hlen,
+                               size_t content_length, const char *body, size_t blen) {
+  char start[HEAD_START_MAX], end[HEAD_END_MAX];
+  size_t slen = head_start(r, status, start);
+  size_t elen = head_end(r, status, content_length, end);
+  frame_t *f = frame_new(slen + hlen + elen + blen);
+  if (f == NULL) return NULL;
+  char *p = put(f->data, start, slen);
+  if (hlen) p = put(p, hdrs, hlen);
+  p = put(p, end, elen);
+  if (blen) memcpy(p, body, blen);
+  return f;
 }
 
 /* Queues one frame on the carrier. */
@@ -129,23 +248,13 @@ static void responded(req_t *r) {
   if (r->conn != NULL && req_finished(r)) conn_request_done(r->conn);
 }
 
-static int no_body_status(int status) {
-  return (status >= 100 && status < 200) || status == 204 || status == 304;
-}
-
 int req_respond_frame(req_t *r, int status, const char *hdrs, size_t hlen, frame_t *body,
                       size_t content_length) {
   if (r->responded || r->streaming) return -EALREADY;
   if (r->conn == NULL) return -EPIPE;
-  buf_t b = BUF_INIT;
-  int rc = begin_head(&b, r, status);
-  if (!rc && hlen) rc = buf_append(&b, hdrs, hlen);
-  if (!rc && !no_body_status(status)) rc = buf_printf(&b, "Content-Length: %zu\r\n", content_length);
-  if (!rc) rc = end_head(&b, r);
-  frame_t *head = rc ? NULL : frame_copy(b.p, b.len);
-  buf_free(&b);
+  frame_t *head = response_frame(r, status, hdrs, hlen, content_length, NULL, 0);
   if (head == NULL) return -ENOMEM;
-  rc = send_frame(r, head);
+  int rc = send_frame(r, head);
   frame_unref(head);
   if (!rc && body != NULL && !r->head_only && !no_body_status(status)) rc = send_frame(r, body);
   if (rc) return rc;
@@ -158,16 +267,10 @@ int req_respond(req_t *r, int status, const char *hdrs, size_t hlen, const char 
   if (r->responded || r->streaming) return -EALREADY;
   if (r->conn == NULL) return -EPIPE;
   /* Head and body in one frame: one allocation, one buffer to write. */
-  buf_t b = BUF_INIT;
-  int rc = begin_head(&b, r, status);
-  if (!rc && hlen) rc = buf_append(&b, hdrs, hlen);
-  if (!rc && !no_body_status(status)) rc = buf_printf(&b, "Content-Length: %zu\r\n", blen);
-  if (!rc) rc = end_head(&b, r);
-  if (!rc && blen && !r->head_only && !no_body_status(status)) rc = buf_append(&b, body, blen);
-  frame_t *f = rc ? NULL : frame_copy(b.p, b.len);
-  buf_free(&b);
+  size_t sent = (r->head_only || no_body_status(status)) ? 0 : blen;
+  frame_t *f = response_frame(r, status, hdrs, hlen, blen, body, sent);
   if (f == NULL) return -ENOMEM;
-  rc = send_frame(r, f);
+  int rc = send_frame(r, f);
   frame_unref(f);
   if (rc) return rc;
   responded(r);
@@ -189,8 +292,10 @@ int req_sse_open(req_t *r, const char *hdrs, size_t hlen, long retry) {
       "Content-Type: text/event-stream; charset=utf-8\r\n"
       "Cache-Control: no-cache\r\n"
       "X-Accel-Buffering: no\r\n";
+  char start[HEAD_START_MAX];
+  size_t slen = head_start(r, 200, start);
   buf_t b = BUF_INIT;
-  int rc = begin_head(&b, r, 200);
+  int rc = buf_append(&b, start, slen);
   if (!rc) rc = buf_append(&b, sse_head, sizeof(sse_head) - 1);
   if (!rc && hlen) rc = buf_append(&b, hdrs, hlen);
   /* The body ends when the connection does: no length, no chunking, so

@@ -46,10 +46,14 @@ typedef struct req {
   unsigned sent_continue : 1;
   unsigned body_dropped : 1; /* answered before its body came: not kept */
   unsigned slow : 1;        /* dropped as a slow subscriber */
+  struct req *next_spare;   /* on w->spare_reqs once ended */
 } req_t;
 
 /* Makes a request for connection c; NULL when out of memory. */
 req_t *req_new(struct conn *c);
+
+/* Frees the requests the worker keeps for reuse (it is exiting). */
+void req_drop_spares(struct worker *w);
 
 /* Called by the connection when the request head is complete: checks it and
  * hands it to the app's handler. */

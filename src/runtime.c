@@ -24,25 +24,59 @@ static void resume(task_t *t, int nargs);
 
 /* ------------------------------------------------------------ tasks */
 
+/* Ended tasks kept per runtime for reuse.  A request's task is mostly its
+ * coroutine (a Lua thread with its stack, anchored in the registry) and its
+ * timer; making and collecting both for every request is a good part of a
+ * small route's cost, so a task whose function returned normally goes back
+ * here with both intact.  Enough for the handlers that end within one loop
+ * iteration; the bound keeps what an idle worker holds small. */
+#define RT_SPARE_TASKS 32
+
 static void free_task(uv_handle_t *h) { free(h->data); }
 
-/* Creates a task for request r (or NULL) with a fresh coroutine. */
+/* Creates a task for request r (or NULL), reusing a spare one when there
+ * is one: a spare's coroutine is finished with an empty stack, so it can
+ * start a new function. */
 static task_t *task_new(runtime_t *rt, struct req *r) {
-  task_t *t = calloc(1, sizeof(*t));
-  if (t == NULL) return NULL;
-  uv_timer_init(&rt->w->loop, &t->timer);
-  t->timer.data = t;
-  t->rt = rt;
+  task_t *t;
+  if (!list_empty(&rt->spare)) {
+    t = list_entry(rt->spare.next, task_t, node);
+    list_remove(&t->node);
+    rt->nspare--;
+    t->wait_req = NULL;
+    t->wait_ctx = NULL;
+    t->push = NULL;
+    t->nargs = 0;
+    t->running = t->waiting = t->ended = 0;
+  } else {
+    t = calloc(1, sizeof(*t));
+    if (t == NULL) return NULL;
+    uv_timer_init(&rt->w->loop, &t->timer);
+    t->timer.data = t;
+    t->rt = rt;
+    t->co = lua_newthread(rt->L);
+    t->co_ref = luaL_ref(rt->L, LUA_REGISTRYINDEX);
+  }
   t->req = r;
   list_init(&t->fetches);
-  t->co = lua_newthread(rt->L);
-  t->co_ref = luaL_ref(rt->L, LUA_REGISTRYINDEX);
   list_push_back(&rt->tasks, &t->node);
   return t;
 }
 
-/* Drops the coroutine and frees the task (in its timer's close callback). */
-static void task_release(task_t *t) {
+/* Frees a task for good: drops its coroutine and frees its memory in its
+ * timer's close callback. */
+static void task_destroy(task_t *t) {
+  luaL_unref(t->rt->L, LUA_REGISTRYINDEX, t->co_ref);
+  t->co = NULL;
+  uv_close((uv_handle_t *)&t->timer, free_task);
+}
+
+/* Unties an ended task from everything it waited on.  With reuse set (its
+ * function returned normally, so its coroutine is finished and its stack
+ * empty) the task is kept as a spare while there is room; otherwise it is
+ * destroyed. */
+static void task_release(task_t *t, int reuse) {
+  runtime_t *rt = t->rt;
   struct req *wr = t->wait_req;
   if (wr != NULL && wr->waiter == t) {
     wr->waiter = NULL;
@@ -54,16 +88,32 @@ static void task_release(task_t *t) {
   t->waiting = 0;
   bind_fetch_task_end(t);
   list_remove(&t->node);
-  luaL_unref(t->rt->L, LUA_REGISTRYINDEX, t->co_ref);
-  t->co = NULL;
-  uv_close((uv_handle_t *)&t->timer, free_task);
+  if (reuse && !rt->stopping && rt->nspare < RT_SPARE_TASKS && lua_status(t->co) == LUA_OK) {
+    uv_timer_stop(&t->timer);
+    lua_sethook(t->co, NULL, 0, 0); /* one a handler may have set on itself */
+    list_push_back(&rt->spare, &t->node);
+    rt->nspare++;
+    return;
+  }
+  task_destroy(t);
 }
 
-/* The task's function returned or failed: release it and tell its request. */
-static void task_finish(task_t *t) {
+/* Destroys the runtime's spare tasks. */
+static void drop_spares(runtime_t *rt) {
+  while (!list_empty(&rt->spare)) {
+    task_t *t = list_entry(rt->spare.next, task_t, node);
+    list_remove(&t->node);
+    task_destroy(t);
+  }
+  rt->nspare = 0;
+}
+
+/* The task's function returned (reuse set) or failed: release it and tell
+ * its request. */
+static void task_finish(task_t *t, int reuse) {
   struct req *r = t->req;
   t->req = NULL;
-  task_release(t);
+  task_release(t, reuse);
   if (r != NULL) {
     r->task = NULL;
     if (r->waiter == t) {
@@ -108,7 +158,7 @@ void rt_kill(task_t *t) {
     return;
   }
   close_pending(t, 0);
-  task_release(t);
+  task_release(t, 0);
 }
 
 task_t *lrt_current(lua_State *L, const char *fname) {
@@ -234,7 +284,7 @@ static void resume(task_t *t, int nargs) {
     lua_settop(co, 0);
     if (status == LUA_YIELD) close_pending(t, 0);
     t->ended = 0;
-    task_release(t);
+    task_release(t, 0);
     return;
   }
   if (status == LUA_YIELD) {
@@ -248,7 +298,7 @@ static void resume(task_t *t, int nargs) {
                         "coroutines the handler creates; to wait, use sluice.sleep");
     task_failed(t, LUA_ERRRUN);
     close_pending(t, 0);
-    task_finish(t);
+    task_finish(t, 0);
     return;
   }
   if (status != LUA_OK) {
@@ -256,7 +306,7 @@ static void resume(task_t *t, int nargs) {
     close_pending(t, 1);
   }
   lua_settop(co, 0);
-  task_finish(t);
+  task_finish(t, status == LUA_OK);
 }
 
 int lrt_spawn(runtime_t *rt, lua_State *L, int nargs) {
@@ -402,6 +452,7 @@ runtime_t *rt_new(worker_t *w, char *err, size_t errlen) {
   }
   rt->w = w;
   list_init(&rt->tasks);
+  list_init(&rt->spare);
   list_init(&rt->timers);
   list_init(&rt->retired_node);
   lua_State *L = lua_newstate(rt_alloc, rt);
@@ -460,6 +511,7 @@ void rt_reap(worker_t *w, int all) {
 void rt_stop(runtime_t *rt) {
   rt->stopping = 1;
   bind_timers_stop(rt);
+  drop_spares(rt);
   list_node_t *n = rt->tasks.next;
   while (n != &rt->tasks) {
     task_t *t = list_entry(n, task_t, node);
@@ -472,6 +524,7 @@ void rt_free(runtime_t *rt) {
   if (rt == NULL) return;
   bind_timers_stop(rt);
   while (!list_empty(&rt->tasks)) rt_kill(list_entry(rt->tasks.next, task_t, node));
+  drop_spares(rt);
   lua_close(rt->L); /* responses' __gc free their transfers */
   fetch_multi_close(rt->fetch);
   free(rt);

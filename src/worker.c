@@ -28,7 +28,7 @@ static _Thread_local worker_t *tls_worker;
 void worker_busy_begin(worker_t *w, void *co) {
   w->running_co = co;
   atomic_fetch_add(&w->resume_gen, 1);
-  atomic_store(&w->busy_since, uv_hrtime() / 1000000 + 1); /* never 0 */
+  atomic_store(&w->busy_since, worker_now(w) + 1); /* never 0 */
 }
 
 void worker_busy_end(worker_t *w) {
@@ -83,14 +83,15 @@ void worker_mark_pending(worker_t *w, conn_t *c) {
   if (!list_linked(&c->pend)) list_push_back(&w->pending, &c->pend);
 }
 
-const char *worker_date(worker_t *w) {
+const char *worker_date(worker_t *w, size_t *len) {
   time_t now = time(NULL);
   if ((uint64_t)now != w->date_sec) {
     struct tm tm;
     gmtime_r(&now, &tm);
-    strftime(w->date, sizeof(w->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+    w->date_len = strftime(w->date, sizeof(w->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
     w->date_sec = (uint64_t)now;
   }
+  *len = w->date_len;
   return w->date;
 }
 
@@ -339,6 +340,7 @@ static void worker_main(void *arg) {
   atomic_fetch_sub(&w->srv->running, 1);
   if (uv_loop_close(&w->loop) != 0) log_warn("worker loop closed with handles still open");
   frame_unref(w->heartbeat);
+  req_drop_spares(w);
   free(w->readbuf);
   uv_mutex_destroy(&w->inbox.lock);
 }

@@ -76,7 +76,10 @@ typedef struct worker {
   int stopping;
   uint64_t stop_deadline;
   char date[40];          /* "Date: ...\r\n", refreshed once a second */
+  size_t date_len;
   uint64_t date_sec;
+  struct req *spare_reqs; /* ended requests kept for reuse (request.c) */
+  unsigned nspare_reqs;
 
   /* The watchdog: set around every Lua resume, read by the main thread. */
   atomic_uint_least64_t busy_since; /* loop ms when the resume began; 0 idle */
@@ -121,8 +124,9 @@ void worker_conn_closed(worker_t *w);
 struct conn;
 void worker_mark_pending(worker_t *w, struct conn *c);
 
-/* The cached "Date: ...\r\n" header line for responses. */
-const char *worker_date(worker_t *w);
+/* The cached "Date: ...\r\n" header line for responses; *len gets its
+ * length. */
+const char *worker_date(worker_t *w, size_t *len);
 
 /* Milliseconds on the worker's loop clock. */
 static inline uint64_t worker_now(worker_t *w) { return uv_now(&w->loop); }

@@ -16,9 +16,10 @@ local core = require "sluice.core"
 local Router = require "sluice.router"
 
 local json = core.json
-local type, pairs, ipairs, select, tostring, error, setmetatable, getmetatable, rawset =
-  type, pairs, ipairs, select, tostring, error, setmetatable, getmetatable, rawset
+local type, pairs, ipairs, select, tostring, error, setmetatable, getmetatable, rawset, xpcall =
+  type, pairs, ipairs, select, tostring, error, setmetatable, getmetatable, rawset, xpcall
 local concat = table.concat
+local find = string.find
 
 sluice.version = core.version
 sluice.json = json
@@ -390,6 +391,10 @@ end
 local TEXT = "text/plain; charset=utf-8"
 local JSON = "application/json"
 
+-- The headers of a plain-text answer, rendered once for every response
+-- that carries no others.
+local TEXT_HEADERS = core.headers { ["Content-Type"] = TEXT }
+
 --- Whether hdrs names field (any case).
 local function has_header(hdrs, field)
   for k in pairs(hdrs) do
@@ -403,8 +408,8 @@ local function respond(req, res, cors)
   local h = req._h
   local kind = type(res)
   if kind == "string" then
-    local hdrs = { ["Content-Type"] = TEXT }
-    if cors then cors_headers(cors, req.headers.origin, hdrs) end
+    if not cors then return core.respond(h, 200, TEXT_HEADERS, res) end
+    local hdrs = cors_headers(cors, req.headers.origin, { ["Content-Type"] = TEXT })
     return core.respond(h, 200, hdrs, res)
   elseif kind == "table" then
     local status = res.status or 200
@@ -432,6 +437,11 @@ end
 local function on_error(e)
   if getmetatable(e) == HttpError then return e end
   return debug.traceback(tostring(e), 2)
+end
+
+--- Runs a handler and sends what it returned: one protected call for both.
+local function run(req, fn, cors)
+  return respond(req, fn(req), cors)
 end
 
 --- Answers an error that escaped a handler.
@@ -482,13 +492,13 @@ end
 --- Builds the function the core calls for every request.
 local function make_dispatch(app)
   local router = app.router
+  local match = router.match -- looked up once, not through the metatable per request
   local cors = cors_config(app.options.cors)
-  local not_found = { ["Content-Type"] = TEXT }
   app.cors = cors
 
   return function(h, method, path, query)
-    if path:sub(1, 9) == "/_sluice/" and builtin(h, method, path) then return end
-    local fn, params = router:match(method, path)
+    if find(path, "^/_sluice/") and builtin(h, method, path) then return end
+    local fn, params = match(router, method, path)
     if not fn then
       if params then -- the path exists, under other methods
         if method == "OPTIONS" and cors then
@@ -504,16 +514,12 @@ local function make_dispatch(app)
         return core.respond(h, 405, { Allow = params, ["Content-Type"] = TEXT }, "method not allowed\n")
       end
       if (method == "GET" or method == "HEAD") and core.static(h, path) then return end
-      return core.respond(h, 404, not_found, "not found\n")
+      return core.respond(h, 404, TEXT_HEADERS, "not found\n")
     end
     local req = setmetatable({ _h = h, _app = app, _query = query, method = method,
                                path = path, params = params }, req_mt)
-    local ok, res = xpcall(fn, on_error, req)
-    if ok then
-      ok, res = xpcall(respond, on_error, req, res, cors)
-      if ok then return end
-    end
-    failed(req, res, cors)
+    local ok, err = xpcall(run, on_error, req, fn, cors)
+    if not ok then failed(req, err, cors) end
   end
 end
 

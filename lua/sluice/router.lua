@@ -21,6 +21,8 @@ function Router.new()
   return setmetatable({ root = new_node() }, Router)
 end
 
+local find, sub = string.find, string.sub
+
 --- Splits a path into its segments ("/a/b" -> {"a", "b"}; "/" -> {}).
 ---@param path string
 ---@return string[]
@@ -83,22 +85,33 @@ function Router:add(method, path, fn)
   node.methods[method] = fn
 end
 
---- Finds the node for segs[i..], filling params; returns the first matching
---- node that accepts method, or (with method nil) the first with any route.
-local function walk(node, segs, i, n, params, method)
-  if i > n then
+--- Finds the node for the path's segments from position `s` on (nil when
+--- no segment is left), filling params; returns the first matching node
+--- that accepts method, or (with method nil) the first with any route.
+--- Segments are read off the path as the walk goes, so that matching makes
+--- no table of them: the segment at `s` ends before the next "/", and the
+--- one after it starts just past that "/" (an empty one when the path ends
+--- there), as `segments` splits them.
+local function walk(node, path, s, params, method)
+  if s == nil then
     local m = node.methods
     if m and (method == nil or m[method] or (method == "HEAD" and m.GET)) then return node end
     -- a wildcard also matches an empty rest ("/files/*" matches "/files/")
   else
-    local seg = segs[i]
+    local e = find(path, "/", s, true)
+    local seg, rest
+    if e then
+      seg, rest = sub(path, s, e - 1), e + 1
+    else
+      seg = sub(path, s)
+    end
     local child = node.static[seg]
     if child then
-      local found = walk(child, segs, i + 1, n, params, method)
+      local found = walk(child, path, rest, params, method)
       if found then return found end
     end
     if node.param and seg ~= "" then
-      local found = walk(node.param, segs, i + 1, n, params, method)
+      local found = walk(node.param, path, rest, params, method)
       if found then
         params[node.param_name] = unescape(seg)
         return found
@@ -106,10 +119,10 @@ local function walk(node, segs, i, n, params, method)
     end
   end
   local wild = node.wild
-  if wild and wild.methods and i <= n then
+  if wild and wild.methods and s then
     local m = wild.methods
     if method == nil or m[method] or (method == "HEAD" and m.GET) then
-      params["*"] = unescape(table.concat(segs, "/", i, n))
+      params["*"] = unescape(sub(path, s))
       return wild
     end
   end
@@ -131,14 +144,14 @@ end
 ---@return function|nil handler
 ---@return table|string|nil params, or when no handler: the Allow list if the path exists under other methods
 function Router:match(method, path)
-  local segs = segments(path)
+  local s = path ~= "/" and 2 or nil -- where the first segment starts
   local params = {}
-  local node = walk(self.root, segs, 1, #segs, params, method)
+  local node = walk(self.root, path, s, params, method)
   if node then
     local m = node.methods
     return m[method] or m.GET, params
   end
-  node = walk(self.root, segs, 1, #segs, {}, nil)
+  node = walk(self.root, path, s, {}, nil)
   if node then return nil, allow_list(node.methods) end
   return nil, nil
 end

@@ -43,6 +43,14 @@ describe("faults in app code", function()
     still_serving()
   end)
 
+  it("start every handler without a hook an earlier one left on its coroutine", function()
+    for _ = 1, 3 do
+      assert.are.equal("hooked", assert(client:get("/hook")).body)
+      assert.are.equal("false", assert(client:get("/hooked")).body)
+    end
+    still_serving()
+  end)
+
   it("exit cleanly afterwards", function()
     local status = server:stop()
     assert.are.equal(0, status)

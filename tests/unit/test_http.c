@@ -1029,6 +1029,14 @@ static void test_reasons(void) {
   }
 }
 
+/* The token set is RFC 9110's tchar: visible ASCII but the delimiters. */
+static void test_token_chars(void) {
+  for (int c = 0; c < 256; c++) {
+    int want = c > 32 && c < 127 && strchr("\"(),/:;<=>?@[\\]{}", c) == NULL;
+    CHECK(http_token_char((unsigned char)c) == want);
+  }
+}
+
 int main(void) {
   test_simple_get();
   test_header_values();
@@ -1049,5 +1057,6 @@ int main(void) {
   test_upgrade();
   test_trailers();
   test_reasons();
+  test_token_chars();
   UNIT_DONE();
 }

@@ -24,6 +24,15 @@ app:get("/timer-error", function()
   return "armed"
 end)
 
+--- Leaves a debug hook on its own coroutine; coroutines are reused from one
+--- request to the next, and the next request must not inherit it.
+app:get("/hook", function()
+  debug.sethook(function() end, "l")
+  return "hooked"
+end)
+
+app:get("/hooked", function() return tostring(debug.gethook() ~= nil) end)
+
 app:get("/ok", function() return "ok" end)
 
 return app
