@@ -300,12 +300,22 @@ void http_msg_reset(http_msg_t *m) {
 }
 
 void http_msg_shrink(http_msg_t *m) {
-  buf_free(&m->raw);
   buf_free(&m->body);
   free(m->hdrs);
   m->hdrs = NULL;
   m->hdrs_cap = m->nhdrs = 0;
-  m->url_len = 0;
+  if (m->url_len == 0) {
+    buf_free(&m->raw);
+    return;
+  }
+  /* A fresh copy rather than realloc: a shrinking realloc may keep the
+   * block where it was, holes and all. */
+  char *url = malloc(m->url_len);
+  if (url == NULL) return; /* keep the larger buffer: nothing is lost */
+  memcpy(url, m->raw.p, m->url_len);
+  free(m->raw.p);
+  m->raw.p = url;
+  m->raw.len = m->raw.cap = m->url_len;
 }
 
 void http_msg_free(http_msg_t *m) {

@@ -112,8 +112,10 @@ const char *http_method_name(uint8_t method);
 /* Releases the message's memory; it is empty and reusable afterwards. */
 void http_msg_free(http_msg_t *m);
 
-/* Frees the head and body bytes but keeps the flags (complete, keep_alive
- * ...): for a request that lives on as a stream. */
+/* Frees the header fields and the body but keeps the url (its bytes moved
+ * to an allocation of their own size) and the flags (complete, keep_alive
+ * ...): for a request that lives on as a stream, so an idle subscriber
+ * holds a few dozen bytes of its request, not its whole head. */
 void http_msg_shrink(http_msg_t *m);
 
 /* Resets the message for reuse, keeping its buffers' memory. */

@@ -68,6 +68,9 @@ void req_dispatch(req_t *r) {
 
 void req_on_message(req_t *r) {
   if (r->streaming && r->conn != NULL) conn_begin_stream(r->conn);
+  /* A subscribing handler usually returns before its GET is complete (the
+   * head is dispatched first): the head bytes go now, not with it. */
+  if (r->streaming && r->task == NULL && fanout_subscribed(r)) http_msg_shrink(&r->msg);
   if (r->wait == REQ_WAIT_BODY && r->waiter != NULL) {
     struct task *t = r->waiter;
     r->waiter = NULL;

@@ -309,6 +309,18 @@ describe("channels", function()
     b:close()
   end)
 
+  it("keep a subscriber's method, path and query readable after its head is released", function()
+    local s = must(client:sse("/sub-kept?ch=kept&x=1"))
+    local kept = testing.wait_for(function()
+      local list = json.decode(must(client:get("/kept")).body)
+      return #list > 0 and list
+    end)
+    assert.are.same({ { method = "GET", path = "/sub-kept", ch = "kept" } }, kept)
+    local id = publish(client, "kept", "still live")
+    assert.are.same(frame(id, "still live"), frames(s, 1)[1])
+    s:close()
+  end)
+
   it("number events with one increasing sequence across channels", function()
     local ids = {}
     for i = 1, 10 do ids[i] = num(publish(client, "seq" .. (i % 3), "x")) end

@@ -63,6 +63,21 @@ return function(app)
       sluice.stats().worker, tostring(replayed), tostring(ok)))
   end)
 
+  -- Subscribes and keeps the request, whose head the server releases once
+  -- the stream is set up; GET /kept reads what must stay readable.
+  local kept = {}
+  app:get("/sub-kept", function(req)
+    req:sse():subscribe(channels(req))
+    kept[#kept + 1] = req
+  end)
+  app:get("/kept", function()
+    local list = json.array {}
+    for i, req in ipairs(kept) do
+      list[i] = { method = req.method, path = req.path, ch = req.query.ch }
+    end
+    return { json = list }
+  end)
+
   app:post("/publish", function(req)
     local data = req:body()
     if req.query.json then data = json.decode(data) end
