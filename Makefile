@@ -18,7 +18,11 @@ DEPS := build-essential cmake pkg-config libuv1-dev liblua5.4-dev lua5.4 \
 DEPS_E2E  := chromium fonts-noto-color-emoji
 NODE_DIR  := tests/node
 
-.PHONY: all deps deps-e2e build run test e2e test-asan clean fuzz fuzz-build test-fuzz
+# What the benchmarks add: the peers (nginx with nchan and its Lua module,
+# Node from DEPS), wrk, and gnuplot for the chart.
+DEPS_BENCH := nginx-light libnginx-mod-nchan libnginx-mod-http-lua wrk gnuplot-nox
+
+.PHONY: all deps deps-e2e build run test e2e test-asan clean fuzz fuzz-build test-fuzz bench
 
 all: build
 
@@ -43,6 +47,15 @@ run: deps build
 test: deps deps-e2e build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	@if [ -z "$$SLUICE_SANITIZED" ]; then $(MAKE) --no-print-directory test-fuzz; fi
+
+# sluice and its peers side by side (bench/run.lua): bench/results/latest.json,
+# latest.md and latest.png.  QUICK=1 for smaller sizes (about 2 minutes);
+# BENCH_ONLY=fanout,route to run some scenarios.
+bench: deps build
+	@scripts/deps.sh $(DEPS_BENCH)
+	@cmake --build $(BUILD) -j $(JOBS) --target sluice-loadgen
+	SLUICE_BIN=$(BUILD)/sluice lua5.4 bench/run.lua $(if $(filter 1,$(QUICK)),--quick) \
+	  $(if $(BENCH_ONLY),--only $(BENCH_ONLY))
 
 # The end-to-end specs alone: Chromium and the npm clients against the
 # demo apps (screenshots in $(BUILD)/screenshots/).

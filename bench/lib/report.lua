@@ -1,0 +1,205 @@
+--- What the benchmark driver writes: the machine it ran on, the markdown
+--- table (peers side by side, with the ratio and the target), and a chart.
+local proc = require "proc"
+
+local report = {}
+
+--- The machine and the versions of what ran.
+---@return table
+function report.machine()
+  local cpuinfo = proc.read("/proc/cpuinfo") or ""
+  local meminfo = proc.read("/proc/meminfo") or ""
+  local function version(cmd) return ((proc.run(cmd .. " 2>&1"))):match("^[^\n]*") end
+  local function package(name)
+    local v = proc.run("dpkg-query -W -f='${Version}' " .. name .. " 2>/dev/null")
+    return v ~= "" and v or nil
+  end
+  return {
+    cpu = cpuinfo:match("model name%s*:%s*([^\n]+)") or "unknown",
+    cores = math.tointeger(tonumber((proc.run("nproc")))) or 0,
+    mem_gib = math.floor((tonumber(meminfo:match("MemTotal:%s*(%d+)")) or 0) / 1048576 + 0.5),
+    kernel = (proc.run("uname -r")),
+    os = ((proc.read("/etc/os-release") or ""):match('PRETTY_NAME="([^"]+)"')) or "unknown",
+    sluice = ((proc.run("git -C " .. proc.quote(os.getenv("SLUICE_ROOT") or ".") .. " describe --always --dirty 2>/dev/null"))),
+    nginx = package("nginx-light") or package("nginx-core") or package("nginx"),
+    nchan = package("libnginx-mod-nchan"),
+    nginx_lua = package("libnginx-mod-http-lua"),
+    node = proc.have("node") and version("node --version") or nil,
+    wrk = package("wrk"),
+  }
+end
+
+-- ---------------------------------------------------------------- markdown
+
+local function fmt(v, digits)
+  if v == nil then return "–" end
+  if math.type(v) == "integer" or digits == 0 then
+    local s = ("%d"):format(math.floor(v + 0.5))
+    return (s:reverse():gsub("(%d%d%d)(%d)", "%1,%2"):reverse())
+  end
+  return ("%." .. (digits or 2) .. "f"):format(v)
+end
+
+-- How many times better sluice is than the best peer ("2.4×"); below 1
+-- it is worse. `lower`: smaller is better.
+local function ratio(mine, others, lower)
+  local best
+  for _, v in ipairs(others) do
+    if v and v > 0 and (not best or (lower and v < best) or (not lower and v > best)) then best = v end
+  end
+  if not mine or mine <= 0 or not best then return "–" end
+  return ("%.1f×"):format(lower and best / mine or mine / best)
+end
+
+local function get(t, ...)
+  for _, k in ipairs { ... } do
+    if type(t) ~= "table" then return nil end
+    t = t[k]
+  end
+  return t
+end
+
+-- The rows: scenario, measure, the three values (sluice, the nginx peer,
+-- Node), whether lower is better, digits, and the target with its check.
+local function rows(r)
+  local s = r.scenarios
+  local list = {}
+  local function row(t) list[#list + 1] = t end
+  local fan, idle, lat, held = s.fanout, s.idle, s.latency, s.held
+  local route, proxy, workers, reload = s.route, s.proxy, s.workers, s.reload
+  if fan then
+    local subs, events = get(fan, "sluice", "subs"), get(fan, "sluice", "expected")
+    local pubs = get(fan, "sluice", "pubs") or 0
+    local title = subs and events and ("Fan-out %s subs × %s events, %d publishers")
+      :format(fmt(subs, 0), fmt(events // subs, 0), pubs)
+      or "Fan-out"
+    row { title, "server CPU µs per delivery", peer = "nchan",
+      get(fan, "sluice", "us_per_delivery"), get(fan, "nchan", "us_per_delivery"), get(fan, "node", "us_per_delivery"),
+      lower = true, target = "≤ 1.0", met = function(v) return v <= 1.0 end }
+    row { "", "deliveries per second",
+      get(fan, "sluice", "deliveries_per_s"), get(fan, "nchan", "deliveries_per_s"), get(fan, "node", "deliveries_per_s"),
+      digits = 0, peer = "nchan" }
+  end
+  if idle then
+    row { ("Idle memory, %s subscribers"):format(fmt(get(idle, "sluice", "subs") or 0, 0)), "bytes per subscriber (PSS)", peer = "nchan",
+      get(idle, "sluice", "bytes_per_sub"), get(idle, "nchan", "bytes_per_sub"), get(idle, "node", "bytes_per_sub"),
+      lower = true, digits = 0, target = "≤ 1,024", met = function(v) return v <= 1024 end }
+  end
+  if lat then
+    row { "Latency, 100 subs at 200 events/s", "publish→receive p50 ms", peer = "nchan",
+      get(lat, "sluice", "p50_ms"), get(lat, "nchan", "p50_ms"), get(lat, "node", "p50_ms"), lower = true }
+    row { "", "publish→receive p99 ms", peer = "nchan",
+      get(lat, "sluice", "p99_ms"), get(lat, "nchan", "p99_ms"), get(lat, "node", "p99_ms"),
+      lower = true, target = "≤ 1.0", met = function(v) return v <= 1.0 end }
+  end
+  if held then
+    local n = get(held, "sluice", "subs")
+    row { ("Connections held, %s subscribers"):format(fmt(n or 0, 0)), "held open", peer = "nchan",
+      get(held, "sluice", "held"), get(held, "nchan", "held"), get(held, "node", "held"), digits = 0,
+      target = ("all, 0 failed"), met = function(v) return v == n and get(held, "sluice", "failed") == 0 end }
+  end
+  if route then
+    local nginx = get(route, "nginx+lua", "requests_per_cpu_s")
+    row { "Lua route GET /hello/:name (wrk)", "requests per server CPU-second", peer = "nginx+Lua",
+      get(route, "sluice", "requests_per_cpu_s"), nginx, get(route, "node", "requests_per_cpu_s"), digits = 0,
+      target = "≥ 1.2× nginx+Lua", met = function(v) return nginx and v >= 1.2 * nginx end }
+  end
+  if proxy then
+    local nginx = get(proxy, "nginx", "us_per_chunk")
+    row { "LLM stream proxy", "added time to first byte p50 ms", peer = "nginx proxy_pass", noratio = true,
+      get(proxy, "sluice", "added_p50_ms"), get(proxy, "nginx", "added_p50_ms"), get(proxy, "node", "added_p50_ms"),
+      lower = true, digits = 3, target = "≤ 0.2", met = function(v) return v <= 0.2 end }
+    row { "", "added time to first byte p99 ms", peer = "nginx proxy_pass", noratio = true,
+      get(proxy, "sluice", "added_p99_ms"), get(proxy, "nginx", "added_p99_ms"), get(proxy, "node", "added_p99_ms"),
+      lower = true, digits = 3 }
+    row { "", "server CPU µs per relayed chunk", peer = "nginx proxy_pass",
+      get(proxy, "sluice", "us_per_chunk"), nginx, get(proxy, "node", "us_per_chunk"),
+      lower = true, target = "≤ nginx", met = function(v) return nginx and v <= nginx end }
+  end
+  if workers and workers.capacity_ratio then
+    row { "Fan-out with --workers 2", "capacity vs --workers 1 (busiest thread)",
+      workers.capacity_ratio, nil, nil, target = "scales (≥ 1.8×)", met = function(v) return v >= 1.8 end }
+  end
+  if reload and reload.sluice then
+    row { "Hot reload", "save → new code answering, p50 ms", reload.sluice.p50_ms, nil, nil, digits = 1 }
+  end
+  return list
+end
+
+--- The results as markdown: the machine, then one table.
+---@param r table
+---@return string
+function report.markdown(r)
+  local m = r.machine
+  local out = {
+    ("Measured %s on %s (%d cores, %d GiB, %s, Linux %s)%s; servers pinned to one core, the load client to the other."):format(
+      r.started:sub(1, 10), m.cpu, m.cores, m.mem_gib, m.os, m.kernel, r.quick and ", quick sizes" or ""),
+    ("Peers: nginx %s with nchan %s / Lua module %s / proxy_pass; Node %s (node:http, the tutorial style)."):format(
+      m.nginx or "–", m.nchan or "–", m.nginx_lua or "–", m.node or "–"),
+    "",
+    "| Scenario | Measure | sluice | nginx (nchan, Lua, proxy_pass) | Node | sluice vs best peer | Target | Met |",
+    "|---|---|---:|---:|---:|---:|---|---|",
+  }
+  for _, row in ipairs(rows(r)) do
+    local mine = row[3]
+    local met = ""
+    if row.met and mine then met = row.met(mine) and "yes" or "**no**" end
+    out[#out + 1] = ("| %s | %s | %s | %s | %s | %s | %s | %s |"):format(row[1], row[2],
+      fmt(mine, row.digits), fmt(row[4], row.digits), fmt(row[5], row.digits),
+      row.noratio and "–" or ratio(mine, { row[4], row[5] }, row.lower), row.target or "", met)
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+-- ------------------------------------------------------------------- chart
+
+--- Draws the measures where lower or higher is plainly better as bars, one
+--- panel each, with gnuplot into `path`. Returns path, or nil and why not.
+---@param r table
+---@param path string
+---@return string? path
+---@return string? why
+function report.chart(r, path)
+  if not proc.have("gnuplot") then return nil, "gnuplot is not installed" end
+  local panels = {}
+  for _, row in ipairs(rows(r)) do
+    if row[3] and (row[4] or row[5]) and not row.noratio then
+      panels[#panels + 1] = row
+    end
+  end
+  if #panels == 0 then return nil, "nothing to draw" end
+  local dir = (proc.run("mktemp -d /tmp/sluice-chart.XXXXXX"))
+  local cols = 3
+  local lines = {
+    "set terminal pngcairo size 1500," .. (330 * math.ceil(#panels / cols)) .. " font 'sans,10'",
+    "set output '" .. path .. "'",
+    ("set multiplot layout %d,%d title 'sluice and its peers (%s)'"):format(math.ceil(#panels / cols), cols,
+      r.machine.cpu:gsub("'", "")),
+    "set style fill solid 0.8 border -1", "set boxwidth 0.6", "set yrange [0:*]", "unset key",
+    "set grid ytics", "set xtics nomirror", "set tics font 'sans,9'",
+  }
+  local last_title = ""
+  for i, row in ipairs(panels) do
+    local data = ("%s/%d.dat"):format(dir, i)
+    local names = { "sluice", row.peer or "nginx", "Node" }
+    local body = {}
+    for j = 1, 3 do
+      local v = row[j + 2]
+      if v then body[#body + 1] = ("%d \"%s\" %.6g %s"):format(j - 1, names[j], v, j == 1 and "0x1f77b4" or "0x999999") end
+    end
+    proc.write(data, table.concat(body, "\n") .. "\n")
+    if row[1] ~= "" then last_title = row[1] end
+    lines[#lines + 1] = ("set title \"%s\\n%s%s\""):format(last_title:gsub('"', ''), row[2]:gsub('"', ''),
+      row.lower and " (lower is better)" or " (higher is better)")
+    lines[#lines + 1] = ("plot '%s' using 1:3:4:xtic(2) with boxes lc rgb variable, '' using 1:3:(gprintf('%%.3s%%c',$3)) with labels offset 0,0.7")
+      :format(data)
+  end
+  lines[#lines + 1] = "unset multiplot"
+  proc.write(dir .. "/chart.gp", table.concat(lines, "\n") .. "\n")
+  local out, ok = proc.run("gnuplot " .. proc.quote(dir .. "/chart.gp") .. " 2>&1")
+  os.execute("rm -rf " .. proc.quote(dir))
+  if not ok then return nil, "gnuplot: " .. out end
+  return path
+end
+
+return report

@@ -1,0 +1,490 @@
+--- The benchmark suite: sluice and its peers side by side, one scenario at a
+--- time, on this machine, with the same load client.
+---
+---     lua5.4 bench/run.lua [--quick] [--only a,b] [--out DIR]    (or: make bench)
+---
+--- Servers run pinned to CPU 0, the load client (build/sluice-loadgen, wrk)
+--- to CPU 1, so a server's cost is read from the kernel's own accounting of
+--- its process (utime+stime, PSS) and holds on a noisy shared machine.
+--- Scenarios: fanout, idle, latency, held, route, proxy, workers, reload.
+--- Writes DIR/latest.json, DIR/latest.md (the tables README quotes) and,
+--- when gnuplot is installed, DIR/latest.png; DIR defaults to bench/results.
+--- Peers that are not installed are skipped and say so (`make bench`
+--- installs them: nginx with nchan and Lua, Node, wrk, gnuplot).
+local root = os.getenv("SLUICE_ROOT") or (((arg and arg[0] or ""):match("^(.*)/bench/[^/]*$")) or ".")
+package.path = ("%s/bench/lib/?.lua;%s/lua/?.lua;%s/lua/?/init.lua;%s/tests/lib/?.lua;")
+  :format(root, root, root, root) .. package.path
+
+local proc = require "proc"
+local peers = require "peers"
+local loadgen = require "loadgen"
+local report = require "report"
+local json = require "dkjson"
+
+-- ------------------------------------------------------------------ options
+
+local USAGE = [[
+usage: lua5.4 bench/run.lua [--quick] [--only SCENARIO,...] [--out DIR]
+scenarios: fanout idle latency held route proxy workers reload
+]]
+
+local opts = { quick = os.getenv("QUICK") == "1", out = root .. "/bench/results" }
+do
+  local i = 1
+  while arg[i] do
+    local a = arg[i]
+    if a == "--quick" then opts.quick = true
+    elseif a == "--only" and arg[i + 1] then opts.only = arg[i + 1]; i = i + 1
+    elseif a == "--out" and arg[i + 1] then opts.out = arg[i + 1]; i = i + 1
+    else io.stderr:write(USAGE); os.exit(2) end
+    i = i + 1
+  end
+end
+
+local Q = opts.quick
+math.randomseed(os.time(), tonumber((tostring({}):match("0x(%x+)")), 16) or 0)
+-- Sizes: the issue's scenarios, and smaller ones for a two-minute run.
+local SIZE = {
+  fanout  = { subs = 1000, pubs = 4, events = Q and 500 or 2000, repeats = Q and 1 or 3 },
+  idle    = { subs = Q and 2000 or 10000 },
+  latency = { subs = 100, rate = 200, events = Q and 400 or 2000 },
+  held    = { subs = Q and 5000 or 19000 },
+  route   = { seconds = Q and 2 or 5, connections = 50, repeats = Q and 1 or 3 },
+  proxy   = { samples = Q and 100 or 300, tokens = Q and 50000 or 200000 },
+  workers = { subs = 1000, pubs = 8, events = Q and 500 or 2000 },
+  reload  = { saves = Q and 10 or 50 },
+}
+
+local SERVER_CPU, CLIENT_CPU = "0", "1"
+local env = {
+  root = root,
+  bin = os.getenv("SLUICE_BIN") or (root .. "/build/sluice"),
+  cpu = SERVER_CPU,
+  tmp = (proc.run("mktemp -d /tmp/sluice-bench.XXXXXX")),
+}
+local LOADGEN = loadgen.bin(env.bin)
+
+local function say(fmt, ...) io.stderr:write(fmt:format(...) .. "\n") end
+
+local function median(list)
+  local s = table.move(list, 1, #list, 1, {})
+  table.sort(s)
+  return s[(#s + 1) // 2]
+end
+
+local function percentile(list, p)
+  local s = table.move(list, 1, #list, 1, {})
+  table.sort(s)
+  return s[math.max(1, math.ceil(#s * p))]
+end
+
+-- Runs `run(i)` `n` times, printing each result with `show(i, r)`, and
+-- returns the run with the median `key` (nil values sort last), which
+-- stands for the peer, with the number of runs in `runs`.
+local function median_run(n, run, key, show)
+  local runs = {}
+  for i = 1, n do
+    runs[i] = run(i)
+    show(i, runs[i])
+  end
+  table.sort(runs, function(a, b) return (a[key] or math.huge) < (b[key] or math.huge) end)
+  local r = runs[(#runs + 1) // 2]
+  r.runs = #runs
+  return r
+end
+
+-- Starts a server with `start(port)` and runs `fn(server, port)`; the
+-- server is stopped whatever happens. Returns fn's result, or nil and why
+-- the peer could not run.
+local function with_server(what, start, fn)
+  local port = proc.free_port()
+  local started, server, why = pcall(start, port)
+  if not started then server, why = nil, server end
+  if not server then
+    say("  %-12s skipped: %s", what, tostring(why):match("^[^\n]*"))
+    return nil, why
+  end
+  local ok, result = pcall(fn, server, port)
+  server:stop()
+  if not ok then
+    say("  %-12s failed: %s", what, tostring(result))
+    return nil, tostring(result)
+  end
+  return result
+end
+
+-- Runs `fn(server, port, name)` against each peer of `list` in turn, each
+-- on a fresh server; returns { [name] = what fn returned }.
+local function each_peer(list, fn)
+  local result = {}
+  for _, peer in ipairs(list) do
+    result[peer.name] = with_server(peer.name, peer.start, function(server, port)
+      return fn(server, port, peer.name)
+    end)
+  end
+  return result
+end
+
+-- The servers of the channel scenarios: the fan-out app and the peers
+-- serving the same /sub and /publish.
+local CHANNEL_PEERS = {
+  { name = "sluice", start = function(port) return peers.sluice(env, port, "bench/apps/fanout") end },
+  { name = "nchan", start = function(port) return peers.nchan(env, port) end },
+  { name = "node", start = function(port) return peers.node_sse(env, port) end },
+}
+
+-- ---------------------------------------------------------------- scenarios
+
+local scenarios = {}
+
+-- One fan-out run against a server: deliveries, server CPU per delivery
+-- and publish-to-receive latency.
+local function fanout_run(server, port, size, extra)
+  local cpu0 = server:cpu()
+  local lg = { port = port, subs = size.subs, pubs = size.pubs, events = size.events }
+  for k, v in pairs(extra or {}) do lg[k] = v end
+  local r = loadgen.run(LOADGEN, "fanout", lg, CLIENT_CPU)
+  local cpu = server:cpu() - cpu0
+  return {
+    received = r.received, expected = r.expected, complete = r.complete, subs = r.subs, pubs = r.pubs,
+    failed = r.subs_failed + r.pub_errors + r.pub_http_errors + r.protocol_errors,
+    deliveries_per_s = r.deliveries_per_s,
+    server_cpu_s = cpu,
+    us_per_delivery = r.received > 0 and cpu * 1e6 / r.received or nil,
+    p50_ms = (r.latency_us.p50 or 0) / 1e3, p99_ms = (r.latency_us.p99 or 0) / 1e3,
+  }
+end
+
+--- Fan-out: 1,000 subscribers on one channel, 4 keep-alive publishers
+--- posting 2,000 events as fast as they are answered.
+function scenarios.fanout()
+  local size = SIZE.fanout
+  say("fanout: %d subscribers x %d events, %d publishers, median of %d",
+    size.subs, size.events, size.pubs, size.repeats)
+  return each_peer(CHANNEL_PEERS, function(server, port, name)
+    return median_run(size.repeats, function() return fanout_run(server, port, size) end,
+      "us_per_delivery", function(i, r)
+        say("  %-12s run %d: %d/%d delivered, %.0f/s, %.2f us CPU per delivery, p99 %.1f ms",
+          name, i, r.received, r.expected, r.deliveries_per_s, r.us_per_delivery or 0, r.p99_ms)
+      end)
+  end)
+end
+
+-- Holds `n` idle subscribers against a server and returns the memory they
+-- cost: PSS growth over the server's baseline, per subscriber.
+local function hold_run(server, port, n, sources)
+  proc.sleep(0.3)
+  local base = server:memory()
+  local held, summary = loadgen.hold(LOADGEN, {
+    port = port, subs = n, sources = sources, timeout = 300,
+  }, CLIENT_CPU, function(count)
+    proc.sleep(1) -- let the server finish what the connects started
+    return { count = count, mem = server:memory() }
+  end)
+  return {
+    subs = n, held = held.count, failed = summary.subs_failed,
+    base_kib = base.pss, held_kib = held.mem.pss,
+    bytes_per_sub = held.count > 0 and (held.mem.pss - base.pss) * 1024 / held.count or nil,
+  }
+end
+
+-- Holds `n` subscribers (connecting from `sources` addresses) against each
+-- channel peer in turn.
+local function hold_scenario(what, n, sources)
+  say("%s: %d subscribers held open, memory per subscriber", what, n)
+  return each_peer(CHANNEL_PEERS, function(server, port, name)
+    local r = hold_run(server, port, n, sources)
+    say("  %-12s %d of %d held, %d failed, %.0f bytes per subscriber",
+      name, r.held, n, r.failed, r.bytes_per_sub or 0)
+    return r
+  end)
+end
+
+--- Idle memory: 10,000 subscribers held open, nothing published.
+function scenarios.idle() return hold_scenario("idle", SIZE.idle.subs, 4) end
+
+--- Connections held: 19,000 subscribers (the descriptor limit is 20,000).
+function scenarios.held() return hold_scenario("held", SIZE.held.subs, 8) end
+
+--- Latency: 100 subscribers, 200 events/s from one publisher.
+function scenarios.latency()
+  local size = SIZE.latency
+  say("latency: %d subscribers, %d events/s, %d events", size.subs, size.rate, size.events)
+  return each_peer(CHANNEL_PEERS, function(server, port, name)
+    local cpu0 = server:cpu()
+    local r = loadgen.run(LOADGEN, "latency", {
+      port = port, subs = size.subs, pubs = 1, events = size.events, rate = size.rate,
+    }, CLIENT_CPU)
+    local out = {
+      received = r.received, expected = r.expected,
+      p50_ms = (r.latency_us.p50 or 0) / 1e3, p99_ms = (r.latency_us.p99 or 0) / 1e3,
+      max_ms = (r.latency_us.max or 0) / 1e3,
+      server_cpu_s = server:cpu() - cpu0,
+    }
+    say("  %-12s %d/%d delivered, p50 %.2f ms, p99 %.2f ms, max %.1f ms",
+      name, out.received, out.expected, out.p50_ms, out.p99_ms, out.max_ms)
+    return out
+  end)
+end
+
+
+-- One wrk run: requests, errors, and the server CPU they took.
+local function wrk_run(server, port, size)
+  local cpu0 = server:cpu()
+  local out = proc.run(("taskset -c %s wrk -t1 -c%d -d%ds http://127.0.0.1:%d/hello/world 2>&1")
+    :format(CLIENT_CPU, size.connections, size.seconds, port))
+  local cpu = server:cpu() - cpu0
+  local requests = tonumber(out:match("(%d+) requests in"))
+  if not requests then error("wrk: " .. out) end
+  local errors = 0
+  for n in out:gmatch("Non%-2xx or 3xx responses: (%d+)") do errors = errors + tonumber(n) end
+  for _, what in ipairs { "connect", "read", "write", "timeout" } do
+    errors = errors + (tonumber(out:match(what .. " (%d+)")) or 0)
+  end
+  return {
+    requests = requests, errors = errors,
+    requests_per_s = tonumber(out:match("Requests/sec:%s*([%d.]+)")),
+    server_cpu_s = cpu, requests_per_cpu_s = cpu > 0 and requests / cpu or nil,
+  }
+end
+
+--- Lua routes: GET /hello/world with wrk, one worker each.
+function scenarios.route()
+  local size = SIZE.route
+  if not proc.have("wrk") then say("route: skipped, wrk is not installed"); return {} end
+  say("route: GET /hello/:name, wrk -c%d for %d s, median of %d", size.connections, size.seconds, size.repeats)
+  local list = {
+    { name = "sluice", start = function(port) return peers.sluice(env, port, "apps/hello") end },
+    { name = "nginx+lua", start = function(port) return peers.nginx_lua(env, port) end },
+    { name = "node", start = function(port) return peers.node_sse(env, port) end },
+  }
+  return each_peer(list, function(server, port, name)
+    -- the median of requests per CPU-second: negated, as median_run sorts up
+    return median_run(size.repeats, function()
+      local r = wrk_run(server, port, size)
+      r.sort_key = -(r.requests_per_cpu_s or 0)
+      return r
+    end, "sort_key", function(i, r)
+      say("  %-12s run %d: %.0f req/s, %.0f req per server CPU-second, %d errors",
+        name, i, r.requests_per_s or 0, r.requests_per_cpu_s or 0, r.errors)
+    end)
+  end)
+end
+
+local BODY = '{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+
+-- A streaming chat completion request to 127.0.0.1:port, closing after.
+local function completion_request(port)
+  return ("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+    .. "Content-Length: %d\r\nConnection: close\r\n\r\n%s"):format(port, #BODY, BODY)
+end
+
+-- Seconds from sending a streaming completion request to the first "data:"
+-- byte of the answer's body.
+local function ttfb(port)
+  local socket = require "socket"
+  local s = assert(socket.connect("127.0.0.1", port))
+  s:setoption("tcp-nodelay", true)
+  s:settimeout(5)
+  local t0 = socket.gettime()
+  s:send(completion_request(port))
+  local buf = ""
+  while not buf:find("\r\n\r\n[%x\r\n]*data:") do
+    local data, err, partial = s:receive(4096)
+    buf = buf .. (data or partial or "")
+    if err and err ~= "timeout" and not (partial and #partial > 0) then
+      s:close()
+      error(("no stream from port %d: %s"):format(port, err))
+    end
+  end
+  local t = socket.gettime() - t0
+  s:close()
+  return t
+end
+
+-- Reads one streamed completion of `tokens` tokens through `port` to its
+-- end; returns the bytes read.
+local function drain(port)
+  local socket = require "socket"
+  local s = assert(socket.connect("127.0.0.1", port))
+  s:settimeout(120)
+  s:send(completion_request(port))
+  local bytes = 0
+  while true do
+    local data, err, partial = s:receive(65536)
+    bytes = bytes + #(data or partial or "")
+    if err == "closed" then break end
+    if err and err ~= "timeout" then error("relay read: " .. err) end
+  end
+  s:close()
+  return bytes
+end
+
+--- Proxy: an OpenAI-style token stream relayed from the mock upstream, to
+--- the same upstream reached directly.
+function scenarios.proxy()
+  local size = SIZE.proxy
+  if not proc.have("node") then say("proxy: skipped, node is not installed"); return {} end
+  say("proxy: %d time-to-first-byte samples each, one %d-token stream each", size.samples, size.tokens)
+  local upstream = require "upstream"
+  local mock = upstream.mock()
+  os.execute(("taskset -pc %s %d >/dev/null"):format(CLIENT_CPU, mock.pid))
+  local url = mock:url("")
+  local list = {
+    { name = "sluice", start = function(port)
+        return peers.sluice(env, port, "bench/apps/relay", { env = { UPSTREAM = url } }) end },
+    { name = "nginx", start = function(port) return peers.nginx_proxy(env, port, mock.port) end },
+    { name = "node", start = function(port) return peers.node_proxy(env, port, url) end },
+  }
+  local running = {}
+  for _, peer in ipairs(list) do
+    local port = proc.free_port()
+    local started, server, why = pcall(peer.start, port)
+    if not started then server, why = nil, server end
+    if server then
+      running[#running + 1] = { name = peer.name, server = server, port = port, samples = {} }
+    else
+      say("  %-12s skipped: %s", peer.name, tostring(why):match("^[^\n]*"))
+    end
+  end
+  local result = {}
+  local ok, err = pcall(function()
+    mock:config { tokens = 8 }
+    local direct = {}
+    for i = 1, size.samples do -- interleaved, so drift in the machine hits all alike
+      direct[i] = ttfb(mock.port)
+      for _, r in ipairs(running) do r.samples[i] = ttfb(r.port) end
+    end
+    local d50, d99 = percentile(direct, 0.5), percentile(direct, 0.99)
+    result.direct = { ttfb_p50_ms = d50 * 1e3, ttfb_p99_ms = d99 * 1e3 }
+    say("  %-12s TTFB p50 %.3f ms, p99 %.3f ms", "direct", d50 * 1e3, d99 * 1e3)
+    mock:config { tokens = size.tokens }
+    for _, r in ipairs(running) do
+      local p50, p99 = percentile(r.samples, 0.5), percentile(r.samples, 0.99)
+      local cpu0 = r.server:cpu()
+      local bytes = drain(r.port)
+      local cpu = r.server:cpu() - cpu0
+      local chunks = size.tokens + 3 -- the role chunk, the tokens, the finish chunk, [DONE]
+      result[r.name] = {
+        ttfb_p50_ms = p50 * 1e3, ttfb_p99_ms = p99 * 1e3,
+        added_p50_ms = (p50 - d50) * 1e3, added_p99_ms = (p99 - d99) * 1e3,
+        chunks = chunks, bytes = bytes, server_cpu_s = cpu, us_per_chunk = cpu * 1e6 / chunks,
+      }
+      say("  %-12s TTFB p50 %.3f ms (+%.3f), p99 %.3f ms (+%.3f); %.2f us CPU per chunk (%d bytes)",
+        r.name, p50 * 1e3, (p50 - d50) * 1e3, p99 * 1e3, (p99 - d99) * 1e3, cpu * 1e6 / chunks, bytes)
+    end
+  end)
+  for _, r in ipairs(running) do r.server:stop() end
+  mock:stop()
+  if not ok then say("  failed: %s", tostring(err)) end
+  return result
+end
+
+-- Per-thread CPU seconds of a process: { [tid] = seconds }.
+local function thread_cpu(pid)
+  local out = {}
+  local tids = proc.run(("ls /proc/%d/task 2>/dev/null"):format(pid))
+  for tid in tids:gmatch("%d+") do
+    local stat = proc.read(("/proc/%d/task/%s/stat"):format(pid, tid))
+    if stat then
+      local f = {}
+      for x in stat:match("%) (.*)$"):gmatch("%S+") do f[#f + 1] = x end
+      out[tid] = (tonumber(f[12]) + tonumber(f[13])) / proc.tick
+    end
+  end
+  return out
+end
+
+--- Workers: the fan-out run with one worker and with two. On a machine with
+--- two cores the load client needs one of them, so throughput itself cannot
+--- double; what shows whether the second worker scales is the work's split:
+--- capacity = deliveries per CPU-second of the busiest thread.
+function scenarios.workers()
+  local size = SIZE.workers
+  say("workers: fan-out %d x %d, %d publishers, --workers 1 and 2", size.subs, size.events, size.pubs)
+  local result = {}
+  for _, w in ipairs { 1, 2 } do
+    local name = "workers=" .. w
+    result[name] = with_server(name, function(port)
+      return peers.sluice(env, port, "bench/apps/fanout", { workers = w, cpu = w == 1 and "0" or "0,1" })
+    end, function(server, port)
+      local before = thread_cpu(server.pid)
+      local r = fanout_run(server, port, size)
+      local busiest, spent = 0, {}
+      for tid, s in pairs(thread_cpu(server.pid)) do
+        local d = s - (before[tid] or 0)
+        spent[#spent + 1] = d
+        if d > busiest then busiest = d end
+      end
+      table.sort(spent, function(a, b) return a > b end)
+      r.busiest_thread_cpu_s = busiest
+      r.capacity_per_s = busiest > 0 and r.received / busiest or nil
+      r.thread_cpu_s = { table.unpack(spent, 1, math.min(#spent, w + 1)) }
+      say("  %-12s %.0f deliveries/s, %.2f us CPU per delivery, busiest thread %.2f s: capacity %.0f/s",
+        name, r.deliveries_per_s, r.us_per_delivery or 0, busiest, r.capacity_per_s or 0)
+      return r
+    end)
+  end
+  local one, two = result["workers=1"], result["workers=2"]
+  if one and two and one.capacity_per_s and two.capacity_per_s then
+    result.capacity_ratio = two.capacity_per_s / one.capacity_per_s
+    result.throughput_ratio = two.deliveries_per_s / one.deliveries_per_s
+  end
+  return result
+end
+
+--- Reload: save -> new code answering, with bench/reload_latency.lua.
+function scenarios.reload()
+  local n = SIZE.reload.saves
+  say("reload: %d saves", n)
+  local out, ok = proc.run(("cd %s && SLUICE_BIN=%s lua5.4 bench/reload_latency.lua %d 2>&1")
+    :format(proc.quote(root), proc.quote(env.bin), n))
+  local p50, p90, max = out:match("reload latency: p50 ([%d.]+) ms, p90 ([%d.]+) ms, max ([%d.]+) ms")
+  if not ok or not p50 then say("  failed:\n%s", out); return {} end
+  say("  sluice       p50 %s ms, p90 %s ms, max %s ms", p50, p90, max)
+  return { sluice = { saves = n, p50_ms = tonumber(p50), p90_ms = tonumber(p90), max_ms = tonumber(max) } }
+end
+
+-- ---------------------------------------------------------------------- run
+
+local ORDER = { "fanout", "idle", "latency", "held", "route", "proxy", "workers", "reload" }
+local wanted = {}
+if opts.only then
+  for name in opts.only:gmatch("[^,%s]+") do
+    if not scenarios[name] then io.stderr:write("unknown scenario: " .. name .. "\n" .. USAGE); os.exit(2) end
+    wanted[name] = true
+  end
+end
+
+if not proc.read(env.bin) then say("no server binary at %s (make build)", env.bin); os.exit(2) end
+if not proc.read(LOADGEN) then say("no load client at %s (make bench builds it)", LOADGEN); os.exit(2) end
+
+local results = {
+  machine = report.machine(),
+  quick = Q,
+  started = os.date("!%Y-%m-%dT%H:%M:%SZ"),
+  scenarios = {},
+}
+say("sluice bench%s on %s, %d cores; servers on CPU %s, clients on CPU %s",
+  Q and " (quick)" or "", results.machine.cpu, results.machine.cores, SERVER_CPU, CLIENT_CPU)
+local t0 = proc.now()
+for _, name in ipairs(ORDER) do
+  if not opts.only or wanted[name] then
+    local t = proc.now()
+    local ok, r = pcall(scenarios[name])
+    if not ok then say("%s failed: %s", name, tostring(r)); r = { error = tostring(r) } end
+    results.scenarios[name] = r
+    say("  (%s: %.0f s)", name, proc.now() - t)
+  end
+end
+results.seconds = proc.now() - t0
+os.execute("rm -rf " .. proc.quote(env.tmp))
+
+os.execute("mkdir -p " .. proc.quote(opts.out))
+proc.write(opts.out .. "/latest.json", json.encode(results, { indent = true }) .. "\n")
+local md = report.markdown(results)
+proc.write(opts.out .. "/latest.md", md)
+local png, why = report.chart(results, opts.out .. "/latest.png")
+io.stdout:write(md)
+say("wrote %s/latest.json, latest.md%s in %.0f s", opts.out, png and ", latest.png" or
+  (" (no chart: " .. tostring(why) .. ")"), results.seconds)
