@@ -20,7 +20,7 @@ NODE_DIR  := tests/node
 
 # What the benchmarks add: the peers (nginx with nchan and its Lua module,
 # Node from DEPS), wrk, and gnuplot for the chart.
-DEPS_BENCH := nginx-light libnginx-mod-nchan libnginx-mod-http-lua wrk gnuplot-nox
+DEPS_BENCH := nginx libnginx-mod-nchan libnginx-mod-http-lua wrk gnuplot-nox
 
 .PHONY: all deps deps-e2e build run test e2e test-asan clean fuzz fuzz-build test-fuzz bench
 

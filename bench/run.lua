@@ -380,13 +380,14 @@ function scenarios.proxy()
   return result
 end
 
--- Per-thread CPU seconds of a process: { [tid] = seconds }.
-local function thread_cpu(pid)
+-- CPU seconds of each worker thread of a sluice process (named
+-- sluice-wN): { [tid] = seconds }.
+local function worker_cpu(pid)
   local out = {}
-  local tids = proc.run(("ls /proc/%d/task 2>/dev/null"):format(pid))
-  for tid in tids:gmatch("%d+") do
+  for tid in proc.run(("ls /proc/%d/task 2>/dev/null"):format(pid)):gmatch("%d+") do
+    local comm = proc.read(("/proc/%d/task/%s/comm"):format(pid, tid)) or ""
     local stat = proc.read(("/proc/%d/task/%s/stat"):format(pid, tid))
-    if stat then
+    if stat and comm:match("^sluice%-w") then
       local f = {}
       for x in stat:match("%) (.*)$"):gmatch("%S+") do f[#f + 1] = x end
       out[tid] = (tonumber(f[12]) + tonumber(f[13])) / proc.tick
@@ -408,10 +409,10 @@ function scenarios.workers()
     result[name] = with_server(name, function(port)
       return peers.sluice(env, port, "bench/apps/fanout", { workers = w, cpu = w == 1 and "0" or "0,1" })
     end, function(server, port)
-      local before = thread_cpu(server.pid)
+      local before = worker_cpu(server.pid)
       local r = fanout_run(server, port, size)
       local busiest, spent = 0, {}
-      for tid, s in pairs(thread_cpu(server.pid)) do
+      for tid, s in pairs(worker_cpu(server.pid)) do
         local d = s - (before[tid] or 0)
         spent[#spent + 1] = d
         if d > busiest then busiest = d end
@@ -419,7 +420,7 @@ function scenarios.workers()
       table.sort(spent, function(a, b) return a > b end)
       r.busiest_thread_cpu_s = busiest
       r.capacity_per_s = busiest > 0 and r.received / busiest or nil
-      r.thread_cpu_s = { table.unpack(spent, 1, math.min(#spent, w + 1)) }
+      r.worker_cpu_s = spent
       say("  %-12s %.0f deliveries/s, %.2f us CPU per delivery, busiest thread %.2f s: capacity %.0f/s",
         name, r.deliveries_per_s, r.us_per_delivery or 0, busiest, r.capacity_per_s or 0)
       return r

@@ -279,6 +279,10 @@ static void worker_main(void *arg) {
   char name[16];
   snprintf(name, sizeof(name), "w%d", w->id);
   log_set_thread_name(name);
+  /* The same name in top -H, perf and /proc/PID/task/TID/comm. */
+  char comm[16];
+  snprintf(comm, sizeof(comm), "sluice-w%d", w->id);
+  pthread_setname_np(pthread_self(), comm);
   /* Process signals belong to the main thread; the budget signal is ours. */
   sigset_t set;
   sigemptyset(&set);
