@@ -50,7 +50,7 @@ local SIZE = {
   latency = { subs = 100, rate = 200, events = Q and 400 or 2000 },
   held    = { subs = Q and 5000 or 19000 },
   route   = { seconds = Q and 2 or 5, connections = 50, repeats = Q and 1 or 3 },
-  proxy   = { samples = Q and 100 or 300, tokens = Q and 50000 or 200000 },
+  proxy   = { samples = Q and 100 or 300, tokens = Q and 50000 or 200000, streams = Q and 1 or 3 },
   workers = { subs = 1000, pubs = 8, events = Q and 500 or 2000 },
   reload  = { saves = Q and 10 or 50 },
 }
@@ -76,21 +76,6 @@ local function percentile(list, p)
   local s = table.move(list, 1, #list, 1, {})
   table.sort(s)
   return s[math.max(1, math.ceil(#s * p))]
-end
-
--- Runs `run(i)` `n` times, printing each result with `show(i, r)`, and
--- returns the run with the median `key` (nil values sort last), which
--- stands for the peer, with the number of runs in `runs`.
-local function median_run(n, run, key, show)
-  local runs = {}
-  for i = 1, n do
-    runs[i] = run(i)
-    show(i, runs[i])
-  end
-  table.sort(runs, function(a, b) return (a[key] or math.huge) < (b[key] or math.huge) end)
-  local r = runs[(#runs + 1) // 2]
-  r.runs = #runs
-  return r
 end
 
 -- Starts a server with `start(port)` and runs `fn(server, port)`; the
@@ -121,6 +106,59 @@ local function each_peer(list, fn)
     result[peer.name] = with_server(peer.name, peer.start, function(server, port)
       return fn(server, port, peer.name)
     end)
+  end
+  return result
+end
+
+-- Starts every peer of `list`, each on a port of its own; returns the
+-- ones that started as { name, server, port }, saying why of the others.
+local function start_all(list)
+  local running = {}
+  for _, peer in ipairs(list) do
+    local port = proc.free_port()
+    local started, server, why = pcall(peer.start, port)
+    if not started then server, why = nil, server end
+    if server then
+      running[#running + 1] = { name = peer.name, server = server, port = port }
+    else
+      say("  %-12s skipped: %s", peer.name, tostring(why):match("^[^\n]*"))
+    end
+  end
+  return running
+end
+
+-- Starts every peer of `list` at once (idle servers cost nothing), then
+-- runs `run(server, port, name)` in `rounds` rounds, each peer once per
+-- round, so drift in a shared machine's load hits all of them alike.
+-- Prints each run with `show(name, round, r)`; a peer's result is its run
+-- with the median `key` (lower sorts first; nil last), with `runs` set.
+-- Returns { [name] = result }.
+local function interleaved(list, rounds, run, key, show)
+  local running = start_all(list)
+  for _, p in ipairs(running) do p.runs = {} end
+  local ok, err = pcall(function()
+    for round = 1, rounds do
+      for _, p in ipairs(running) do
+        local fine, r = pcall(run, p.server, p.port, p.name)
+        if fine then
+          p.runs[#p.runs + 1] = r
+          show(p.name, round, r)
+        else
+          say("  %-12s round %d failed: %s", p.name, round, tostring(r))
+        end
+      end
+    end
+  end)
+  for _, p in ipairs(running) do p.server:stop() end
+  if not ok then error(err, 0) end
+  local result = {}
+  for _, p in ipairs(running) do
+    table.sort(p.runs, function(a, b) return (a[key] or math.huge) < (b[key] or math.huge) end)
+    local r = p.runs[(#p.runs + 1) // 2]
+    if r then
+      r.runs = #p.runs
+      result[p.name] = r
+    end
   end
   return result
 end
@@ -159,14 +197,13 @@ end
 --- posting 2,000 events as fast as they are answered.
 function scenarios.fanout()
   local size = SIZE.fanout
-  say("fanout: %d subscribers x %d events, %d publishers, median of %d",
+  say("fanout: %d subscribers x %d events, %d publishers, %d interleaved rounds",
     size.subs, size.events, size.pubs, size.repeats)
-  return each_peer(CHANNEL_PEERS, function(server, port, name)
-    return median_run(size.repeats, function() return fanout_run(server, port, size) end,
-      "us_per_delivery", function(i, r)
-        say("  %-12s run %d: %d/%d delivered, %.0f/s, %.2f us CPU per delivery, p99 %.1f ms",
-          name, i, r.received, r.expected, r.deliveries_per_s, r.us_per_delivery or 0, r.p99_ms)
-      end)
+  return interleaved(CHANNEL_PEERS, size.repeats, function(server, port)
+    return fanout_run(server, port, size)
+  end, "us_per_delivery", function(name, i, r)
+    say("  %-12s run %d: %d/%d delivered, %.0f/s, %.2f us CPU per delivery, p99 %.1f ms",
+      name, i, r.received, r.expected, r.deliveries_per_s, r.us_per_delivery or 0, r.p99_ms)
   end)
 end
 
@@ -252,22 +289,20 @@ end
 function scenarios.route()
   local size = SIZE.route
   if not proc.have("wrk") then say("route: skipped, wrk is not installed"); return {} end
-  say("route: GET /hello/:name, wrk -c%d for %d s, median of %d", size.connections, size.seconds, size.repeats)
+  say("route: GET /hello/:name, wrk -c%d for %d s, %d interleaved rounds", size.connections, size.seconds, size.repeats)
   local list = {
     { name = "sluice", start = function(port) return peers.sluice(env, port, "apps/hello") end },
     { name = "nginx+lua", start = function(port) return peers.nginx_lua(env, port) end },
     { name = "node", start = function(port) return peers.node_sse(env, port) end },
   }
-  return each_peer(list, function(server, port, name)
-    -- the median of requests per CPU-second: negated, as median_run sorts up
-    return median_run(size.repeats, function()
-      local r = wrk_run(server, port, size)
-      r.sort_key = -(r.requests_per_cpu_s or 0)
-      return r
-    end, "sort_key", function(i, r)
-      say("  %-12s run %d: %.0f req/s, %.0f req per server CPU-second, %d errors",
-        name, i, r.requests_per_s or 0, r.requests_per_cpu_s or 0, r.errors)
-    end)
+  -- the median of requests per CPU-second: negated, as lower sorts first
+  return interleaved(list, size.repeats, function(server, port)
+    local r = wrk_run(server, port, size)
+    r.sort_key = -(r.requests_per_cpu_s or 0)
+    return r
+  end, "sort_key", function(name, i, r)
+    say("  %-12s run %d: %.0f req/s, %.0f req per server CPU-second, %d errors",
+      name, i, r.requests_per_s or 0, r.requests_per_cpu_s or 0, r.errors)
   end)
 end
 
@@ -325,7 +360,7 @@ end
 function scenarios.proxy()
   local size = SIZE.proxy
   if not proc.have("node") then say("proxy: skipped, node is not installed"); return {} end
-  say("proxy: %d time-to-first-byte samples each, one %d-token stream each", size.samples, size.tokens)
+  say("proxy: %d time-to-first-byte samples each, %d streams of %d tokens each", size.samples, size.streams, size.tokens)
   local upstream = require "upstream"
   local mock = upstream.mock()
   os.execute(("taskset -pc %s %d >/dev/null"):format(CLIENT_CPU, mock.pid))
@@ -336,17 +371,8 @@ function scenarios.proxy()
     { name = "nginx", start = function(port) return peers.nginx_proxy(env, port, mock.port) end },
     { name = "node", start = function(port) return peers.node_proxy(env, port, url) end },
   }
-  local running = {}
-  for _, peer in ipairs(list) do
-    local port = proc.free_port()
-    local started, server, why = pcall(peer.start, port)
-    if not started then server, why = nil, server end
-    if server then
-      running[#running + 1] = { name = peer.name, server = server, port = port, samples = {} }
-    else
-      say("  %-12s skipped: %s", peer.name, tostring(why):match("^[^\n]*"))
-    end
-  end
+  local running = start_all(list)
+  for _, r in ipairs(running) do r.samples = {} end
   local result = {}
   local ok, err = pcall(function()
     mock:config { tokens = 8 }
@@ -359,19 +385,25 @@ function scenarios.proxy()
     result.direct = { ttfb_p50_ms = d50 * 1e3, ttfb_p99_ms = d99 * 1e3 }
     say("  %-12s TTFB p50 %.3f ms, p99 %.3f ms", "direct", d50 * 1e3, d99 * 1e3)
     mock:config { tokens = size.tokens }
+    for _, r in ipairs(running) do r.cpu, r.bytes = 0, 0 end
+    for _ = 1, size.streams do -- interleaved, as above
+      for _, r in ipairs(running) do
+        local cpu0 = r.server:cpu()
+        r.bytes = r.bytes + drain(r.port)
+        r.cpu = r.cpu + r.server:cpu() - cpu0
+      end
+    end
+    -- per stream: the role chunk, the tokens, the finish chunk, [DONE]
+    local chunks = (size.tokens + 3) * size.streams
     for _, r in ipairs(running) do
       local p50, p99 = percentile(r.samples, 0.5), percentile(r.samples, 0.99)
-      local cpu0 = r.server:cpu()
-      local bytes = drain(r.port)
-      local cpu = r.server:cpu() - cpu0
-      local chunks = size.tokens + 3 -- the role chunk, the tokens, the finish chunk, [DONE]
       result[r.name] = {
         ttfb_p50_ms = p50 * 1e3, ttfb_p99_ms = p99 * 1e3,
         added_p50_ms = (p50 - d50) * 1e3, added_p99_ms = (p99 - d99) * 1e3,
-        chunks = chunks, bytes = bytes, server_cpu_s = cpu, us_per_chunk = cpu * 1e6 / chunks,
+        chunks = chunks, bytes = r.bytes, server_cpu_s = r.cpu, us_per_chunk = r.cpu * 1e6 / chunks,
       }
       say("  %-12s TTFB p50 %.3f ms (+%.3f), p99 %.3f ms (+%.3f); %.2f us CPU per chunk (%d bytes)",
-        r.name, p50 * 1e3, (p50 - d50) * 1e3, p99 * 1e3, (p99 - d99) * 1e3, cpu * 1e6 / chunks, bytes)
+        r.name, p50 * 1e3, (p50 - d50) * 1e3, p99 * 1e3, (p99 - d99) * 1e3, r.cpu * 1e6 / chunks, r.bytes)
     end
   end)
   for _, r in ipairs(running) do r.server:stop() end
