@@ -20,6 +20,11 @@
 
 #define TICK_MS 250
 #define SHUTDOWN_GRACE_MS 1500
+/* Pauses of accepting when out of descriptors: the first lasts 250 ms, one
+ * that follows the last within 5 s of calm lasts twice the last, up to 4 s. */
+#define LISTEN_BACKOFF_MIN_MS 250
+#define LISTEN_BACKOFF_MAX_MS 4000
+#define LISTEN_CALM_MS 5000
 
 static _Thread_local worker_t *tls_worker;
 
@@ -131,10 +136,63 @@ static void heartbeats(worker_t *w, uint64_t now) {
 
 static void finish(worker_t *w);
 
+static int listen_socket(worker_t *w);
+
+/* The listener's close callback while accepting is paused. */
+static void on_listener_closed(uv_handle_t *h) {
+  worker_t *w = h->data;
+  w->listener_closed = 1;
+}
+
+/* Stops accepting for a while: the process is out of descriptors.  libuv's
+ * answer to EMFILE (close a spare descriptor, accept and drop, re-open the
+ * spare) is per loop, but the descriptor table is the process's: another
+ * worker can take the slot the spare left, and then libuv retries accept()
+ * in a loop that never returns, calling us each time.  Closing the listener
+ * ends that loop at once; meanwhile the kernel gives new connections to a
+ * worker still listening, or refuses them, and on_tick listens again after
+ * the back-off.  One log line per pause. */
+static void pause_accepting(worker_t *w, int status) {
+  if (w->listen_paused || w->stopping) return;
+  uint64_t now = worker_now(w);
+  /* A shortage that comes back soon after the last one doubles the wait. */
+  if (w->listen_backoff == 0 || now - w->listen_calm_since > LISTEN_CALM_MS)
+    w->listen_backoff = LISTEN_BACKOFF_MIN_MS;
+  else if (w->listen_backoff < LISTEN_BACKOFF_MAX_MS)
+    w->listen_backoff *= 2;
+  w->listen_paused = 1;
+  w->listener_closed = 0;
+  w->listen_resume = now + w->listen_backoff;
+  log_warn("accept: %s with %u connections open; not accepting for %llu ms", uv_strerror(status),
+           w->nconns, (unsigned long long)w->listen_backoff);
+  uv_close((uv_handle_t *)&w->listener, on_listener_closed);
+}
+
+/* Listens again once a pause's back-off is over; while descriptors are
+ * still short the pause goes on for another back-off, silently. */
+static void resume_accepting(worker_t *w, uint64_t now) {
+  if (!w->listen_paused || !w->listener_closed || w->stopping || now < w->listen_resume) return;
+  int rc = listen_socket(w);
+  if (rc != 0) {
+    /* A listener made before the failure (bind, listen) is closed again. */
+    if (!uv_is_closing((uv_handle_t *)&w->listener)) {
+      w->listener_closed = 0;
+      uv_close((uv_handle_t *)&w->listener, on_listener_closed);
+    }
+    if (w->listen_backoff < LISTEN_BACKOFF_MAX_MS) w->listen_backoff *= 2;
+    w->listen_resume = now + w->listen_backoff;
+    return;
+  }
+  w->listen_paused = 0;
+  w->listen_calm_since = now;
+  log_info("accepting connections again (%u open)", w->nconns);
+}
+
 static void on_tick(uv_timer_t *h) {
   worker_t *w = h->data;
   uint64_t now = worker_now(w);
   conn_sweep(w, now);
+  resume_accepting(w, now);
   heartbeats(w, now);
   rt_reap(w, 0);
   if (w->stopping && now >= w->stop_deadline) {
@@ -147,6 +205,10 @@ static void on_tick(uv_timer_t *h) {
 
 static void on_connection(uv_stream_t *server, int status) {
   worker_t *w = server->data;
+  if (status == UV_EMFILE || status == UV_ENFILE) {
+    pause_accepting(w, status);
+    return;
+  }
   if (status < 0) {
     log_warn("accept: %s", uv_strerror(status));
     return;

@@ -53,6 +53,14 @@ typedef struct worker {
   uv_loop_t loop;
   uv_thread_t thread;
   uv_tcp_t listener;
+  /* Accepting paused for want of descriptors (EMFILE): the listener is
+   * closed and a new one opens at listen_resume (loop ms); the back-off
+   * doubles while the shortage lasts. */
+  unsigned listen_paused : 1;
+  unsigned listener_closed : 1; /* its close callback ran: it may be re-made */
+  uint64_t listen_resume;
+  uint64_t listen_backoff;
+  uint64_t listen_calm_since;   /* accepting again since (loop ms) */
   uv_async_t wake;        /* hub events and stop requests */
   uv_prepare_t prepare;   /* before-sleep: parse stashed input, flush output */
   uv_idle_t idle;         /* active while work is left for the next iteration */
