@@ -8,9 +8,10 @@
  * complete (answer it before parsing the next pipelined one).
  *
  * Limits are enforced here and reported as the status to answer with:
- * 400 malformed (bad syntax, smuggling shapes, unsupported version), 414 URL
- * over HTTP_MAX_URL, 431 head over max_head bytes or HTTP_MAX_HEADERS
- * fields, 413 body over max_body.
+ * 400 malformed (bad syntax, smuggling shapes, a Transfer-Encoding other
+ * than one "chunked", an HTTP/1.1 request without Host or any request with
+ * two, unsupported version), 414 URL over HTTP_MAX_URL, 431 head over
+ * max_head bytes or HTTP_MAX_HEADERS fields, 413 body over max_body.
  */
 #ifndef SLUICE_HTTP_H
 #define SLUICE_HTTP_H
