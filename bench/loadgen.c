@@ -8,7 +8,12 @@
  *   latency  the same run, named for use with --rate.
  *   idle     (or hold) opens N subscribers, prints "READY n" once all are open and
  *            holds them for --duration seconds (or until a signal or the end
- *            of standard input) so the caller can sample the server's memory.
+ *            of standard input) so the caller can sample the server's memory;
+ *            counts how the server ends the streams (orderly close, reset, or
+ *            an event cut short).
+ *   churn    connect, subscribe, wait for the stream to open, disconnect;
+ *            --window connections at a time, --cycles times over; reports
+ *            cycles per second and the failed ones.
  *
  * One libuv loop thread; one read buffer for the whole loop; every
  * connection's state is preallocated, so nothing is allocated per event.
@@ -44,7 +49,7 @@
 #define PATH_MAX_LEN 900
 #define PUB_HEAD_MAX (PATH_MAX_LEN + 320)
 
-enum { MODE_FANOUT, MODE_LATENCY, MODE_IDLE };
+enum { MODE_FANOUT, MODE_LATENCY, MODE_IDLE, MODE_CHURN };
 enum { PH_SUBS, PH_PUBS, PH_SETTLE, PH_PUBLISH, PH_HOLD };
 enum { S_NEW, S_CONNECTING, S_HEAD, S_OPEN, S_CLOSING, S_RETRY, S_FAILED, S_CLOSED };
 enum { END_RETRY, END_FAILED, END_CLOSED };
@@ -403,8 +408,8 @@ typedef struct {
   int port;
   const char *sub_path, *pub_path;
   uint32_t subs, pubs, channels, size, sources, window, retries;
-  uint64_t events;
-  int plain, json, cpu, quiet;
+  uint64_t events, cycles;
+  int plain, json, cpu, quiet, until_closed, close_on_head;
   double rate, timeout, duration, linger, settle_ms, connect_timeout;
 } config_t;
 
@@ -428,7 +433,11 @@ static struct {
   /* subscribers */
   uint32_t next_new, inflight, open, terminal, retry_waiting, complete_open, max_open;
   uint64_t connect_errors, connect_retries, connect_timeouts, sub_http_errors, protocol_errors,
-      closed;
+      closed, closed_eof, closed_reset, closed_partial;
+  uint64_t t_last_close;
+  /* churn */
+  uint64_t cycles_started, cycles_done, cycles_failed;
+  uint32_t churn_inflight;
   int last_error, last_sub_status, last_pub_status;
   uint64_t received, bytes, reads;
   /* publishers */
@@ -570,6 +579,82 @@ static void sse_feed(void *ud, const char *p, size_t n) {
 /* --------------------------------------------------------- subscribers */
 
 static void sub_closed(uv_handle_t *h);
+static void churn_end(sub_t *s, bool ok, int err);
+
+/* What sub_send_request returns when the write request for the rest of a
+ * request could not be allocated (libuv's errors are all negative). */
+#define SEND_NO_MEMORY 1
+
+/* Readies a subscriber slot for a new connection (fresh response parser,
+ * start time) and makes its TCP handle, which with its connect request
+ * points back at the slot. Returns 0, or the error of uv_tcp_init_ex: then
+ * there is no handle to close. */
+static int sub_open(sub_t *s) {
+  s->state = S_CONNECTING;
+  s->started = now_ns();
+  s->complete = 0;
+  resp_reset(&s->resp);
+  int rc = uv_tcp_init_ex(g.loop, &s->tcp, AF_INET);
+  if (rc < 0)
+    return rc;
+  s->tcp.data = s;
+  s->creq.data = s;
+  return 0;
+}
+
+/* Connects a slot's handle to the server, from source address src (mod
+ * --sources) when several are configured, with on_connect to follow.
+ * Returns 0, or the error: the caller then closes the handle. */
+static int sub_connect(sub_t *s, uint64_t src, uv_connect_cb on_connect) {
+  if (g.src) {
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&s->tcp, &fd) == 0) {
+      int one = 1;
+      setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    }
+    int rc = uv_tcp_bind(&s->tcp, (const struct sockaddr *)&g.src[src % g.cfg.sources], 0);
+    if (rc < 0)
+      return rc;
+  }
+  return uv_tcp_connect(&s->creq, &s->tcp, (const struct sockaddr *)&g.dst, on_connect);
+}
+
+/* Sends a connected slot the subscribe request of its channel and starts
+ * reading with on_read. A fresh socket takes the request at once; in the
+ * rare other case the rest goes out through a write request that
+ * on_written frees. Returns 0, SEND_NO_MEMORY, or libuv's error. */
+static int sub_send_request(sub_t *s, uv_write_cb on_written, uv_read_cb on_read) {
+  uv_buf_t b = uv_buf_init(g.sub_req[s->ch], (unsigned)g.sub_req_len[s->ch]);
+  int rc = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+  if (rc == UV_EAGAIN)
+    rc = 0;
+  if (rc < 0)
+    return rc;
+  if ((size_t)rc < b.len) {
+    uv_write_t *w = malloc(sizeof *w);
+    if (!w)
+      return SEND_NO_MEMORY;
+    w->data = s;
+    b.base += rc;
+    b.len -= (size_t)rc;
+    rc = uv_write(w, (uv_stream_t *)&s->tcp, &b, 1, on_written);
+    if (rc < 0) {
+      free(w);
+      return rc;
+    }
+  }
+  return uv_read_start((uv_stream_t *)&s->tcp, alloc_cb, on_read);
+}
+
+/* Says whether a slot's response head is a 200; any other status counts as
+ * an HTTP error and is kept as the last one. */
+static bool sub_head_ok(const sub_t *s) {
+  if (s->resp.status == 200)
+    return true;
+  g.sub_http_errors++;
+  g.last_sub_status = s->resp.status;
+  return false;
+}
 
 /* Closes a subscriber's connection; end says whether to retry it (while
  * attempts remain), or that it failed, or that the server ended it. */
@@ -613,16 +698,16 @@ static void sub_closed(uv_handle_t *h) {
   pump();
   check_phase();
   check_finish();
+  if (g.cfg.mode == MODE_IDLE && g.cfg.until_closed && g.phase == PH_HOLD && !g.stopping &&
+      g.terminal >= g.cfg.subs)
+    stop("all closed");
 }
 
 /* Accepts or refuses a subscriber's response head: only 200 opens it. */
 static int sub_on_head(void *ud) {
   sub_t *s = ud;
-  if (s->resp.status != 200) {
-    g.sub_http_errors++;
-    g.last_sub_status = s->resp.status;
+  if (!sub_head_ok(s))
     return -1;
-  }
   g.inflight--;
   g.open++;
   if (g.open > g.max_open)
@@ -631,6 +716,20 @@ static int sub_on_head(void *ud) {
   pump();
   check_phase();
   return 0;
+}
+
+/* Counts how the server ended an open stream: an orderly close (EOF, or the
+ * end of a chunked body), a reset or other error, and whether an event or a
+ * line was cut short by it. */
+static void sub_ended(sub_t *s, ssize_t how) {
+  g.closed++;
+  g.t_last_close = now_ns();
+  if (how == UV_EOF)
+    g.closed_eof++;
+  else
+    g.closed_reset++;
+  if (s->sse.linetotal != 0 || s->sse.has_data)
+    g.closed_partial++;
 }
 
 /* Reads a subscriber's response: its head, then events until it ends. */
@@ -643,7 +742,7 @@ static void sub_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     if (s->state == S_HEAD) {
       sub_close(s, END_RETRY, (int)nread);
     } else {
-      g.closed++;
+      sub_ended(s, nread);
       sub_close(s, END_CLOSED, nread == UV_EOF ? 0 : (int)nread);
     }
     return;
@@ -658,7 +757,7 @@ static void sub_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   } else if (rc == -2) {
     sub_close(s, END_FAILED, 0);
   } else if (s->resp.state == R_DONE && s->state == S_OPEN) {
-    g.closed++;
+    sub_ended(s, UV_EOF);
     sub_close(s, END_CLOSED, 0);
   }
 }
@@ -681,46 +780,20 @@ static void sub_connected(uv_connect_t *req, int status) {
     return;
   }
   s->state = S_HEAD;
-  uv_buf_t b = uv_buf_init(g.sub_req[s->ch], (unsigned)g.sub_req_len[s->ch]);
-  int rc = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
-  if (rc == UV_EAGAIN)
-    rc = 0;
-  if (rc < 0) {
-    sub_close(s, END_RETRY, rc);
-    return;
-  }
-  if ((size_t)rc < b.len) {
-    uv_write_t *w = malloc(sizeof *w);
-    if (!w) {
-      sub_close(s, END_FAILED, UV_ENOMEM);
-      return;
-    }
-    w->data = s;
-    b.base += rc;
-    b.len -= (size_t)rc;
-    rc = uv_write(w, (uv_stream_t *)&s->tcp, &b, 1, sub_written);
-    if (rc < 0) {
-      free(w);
-      sub_close(s, END_RETRY, rc);
-      return;
-    }
-  }
-  rc = uv_read_start((uv_stream_t *)&s->tcp, alloc_cb, sub_read);
-  if (rc < 0)
+  int rc = sub_send_request(s, sub_written, sub_read);
+  if (rc == SEND_NO_MEMORY)
+    sub_close(s, END_FAILED, UV_ENOMEM);
+  else if (rc < 0)
     sub_close(s, END_RETRY, rc);
 }
 
 /* Starts one connection attempt of a subscriber, from its source address
  * when several are configured. */
 static void sub_start(sub_t *s) {
-  s->state = S_CONNECTING;
-  s->started = now_ns();
   s->got = 0;
-  s->complete = 0;
-  resp_reset(&s->resp);
   sse_reset(&s->sse);
   g.inflight++;
-  int rc = uv_tcp_init_ex(g.loop, &s->tcp, AF_INET);
+  int rc = sub_open(s);
   if (rc < 0) {
     g.inflight--;
     g.last_error = rc;
@@ -729,21 +802,7 @@ static void sub_start(sub_t *s) {
     g.terminal++;
     return;
   }
-  s->tcp.data = s;
-  s->creq.data = s;
-  if (g.src) {
-    uv_os_fd_t fd;
-    if (uv_fileno((uv_handle_t *)&s->tcp, &fd) == 0) {
-      int one = 1;
-      setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
-    }
-    rc = uv_tcp_bind(&s->tcp, (const struct sockaddr *)&g.src[s->idx % g.cfg.sources], 0);
-    if (rc < 0) {
-      sub_close(s, END_RETRY, rc);
-      return;
-    }
-  }
-  rc = uv_tcp_connect(&s->creq, &s->tcp, (const struct sockaddr *)&g.dst, sub_connected);
+  rc = sub_connect(s, s->idx, sub_connected);
   if (rc < 0)
     sub_close(s, END_RETRY, rc);
 }
@@ -767,16 +826,150 @@ static void pump_retries(uint64_t now) {
   }
 }
 
-/* Closes the attempts that have waited longer than --connect-timeout for a
- * connection or a response head, to be retried. */
+/* Ends the attempts that have waited longer than --connect-timeout: for a
+ * connection or a response head, to be retried; in churn mode, for the
+ * stream's first bytes too, failing the cycle. */
 static void expire_connects(uint64_t now) {
+  bool churn = g.cfg.mode == MODE_CHURN;
   uint64_t limit = (uint64_t)(g.cfg.connect_timeout * 1e9);
-  for (uint32_t i = 0; i < g.cfg.subs && g.inflight; i++) {
+  for (uint32_t i = 0; i < g.cfg.subs && (churn || g.inflight); i++) {
     sub_t *s = &g.subs[i];
-    if ((s->state == S_CONNECTING || s->state == S_HEAD) && now > s->started + limit) {
-      g.connect_timeouts++;
+    bool waiting = s->state == S_CONNECTING || s->state == S_HEAD || (churn && s->state == S_OPEN);
+    if (!waiting || now <= s->started + limit)
+      continue;
+    g.connect_timeouts++;
+    if (churn)
+      churn_end(s, false, UV_ETIMEDOUT);
+    else
       sub_close(s, END_RETRY, UV_ETIMEDOUT);
-    }
+  }
+}
+
+/* --------------------------------------------------------------- churn */
+
+static void churn_start(sub_t *s);
+
+/* Starts another cycle on a slot whose connection has closed, or retires
+ * the slot once every cycle has started; stops the run after the last. */
+static void churn_closed(uv_handle_t *h) {
+  sub_t *s = h->data;
+  g.churn_inflight--;
+  s->state = S_CLOSED;
+  if (g.stopping)
+    return;
+  if (g.cycles_started < g.cfg.cycles)
+    churn_start(s);
+  else if (g.churn_inflight == 0)
+    stop("complete");
+}
+
+/* Ends a slot's cycle, counting it done or failed (with its error), and
+ * closes its connection. */
+static void churn_end(sub_t *s, bool ok, int err) {
+  if (s->state != S_CONNECTING && s->state != S_HEAD && s->state != S_OPEN)
+    return;
+  if (ok) {
+    g.cycles_done++;
+  } else {
+    g.cycles_failed++;
+    if (err)
+      g.last_error = err;
+  }
+  s->state = S_CLOSING;
+  uv_close((uv_handle_t *)&s->tcp, churn_closed);
+}
+
+/* Accepts a churn response head: only 200 counts, and with --close-on head
+ * the cycle is done here (-2 stops the reader). */
+static int churn_on_head(void *ud) {
+  sub_t *s = ud;
+  if (!sub_head_ok(s))
+    return -1;
+  s->state = S_OPEN;
+  if (g.cfg.close_on_head) {
+    s->complete = 1;
+    return -2;
+  }
+  return 0;
+}
+
+/* Marks a churn stream as open for good once its first body bytes arrive. */
+static void churn_on_body(void *ud, const char *p, size_t n) {
+  sub_t *s = ud;
+  (void)p;
+  if (n)
+    s->complete = 1;
+}
+
+/* Reads a churn connection until its cycle is done, failed or cut short. */
+static void churn_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+  sub_t *s = st->data;
+  (void)buf;
+  if (nread == 0 || (s->state != S_HEAD && s->state != S_OPEN))
+    return;
+  if (nread < 0) { /* the server ended it before its first bytes */
+    churn_end(s, false, (int)nread);
+    return;
+  }
+  g.bytes += (uint64_t)nread;
+  g.reads++;
+  ssize_t rc = resp_feed(&s->resp, rbuf, (size_t)nread, churn_on_head, churn_on_body, s);
+  if (rc == -1) {
+    if (s->resp.status == 200)
+      g.protocol_errors++;
+    churn_end(s, false, s->resp.status == 200 ? UV_EPROTO : 0);
+  } else if (s->complete) {
+    churn_end(s, true, 0);
+  } else if (rc == -2 || s->resp.state == R_DONE) {
+    churn_end(s, false, 0);
+  }
+}
+
+/* Frees the write request of a churn request that did not leave at once. */
+static void churn_written(uv_write_t *req, int status) {
+  sub_t *s = req->data;
+  free(req);
+  if (status < 0 && status != UV_ECANCELED)
+    churn_end(s, false, status);
+}
+
+/* Sends a connected churn slot's subscribe request and starts reading. */
+static void churn_connected(uv_connect_t *req, int status) {
+  sub_t *s = req->data;
+  if (s->state != S_CONNECTING)
+    return;
+  if (status < 0) {
+    g.connect_errors++;
+    churn_end(s, false, status);
+    return;
+  }
+  s->state = S_HEAD;
+  int rc = sub_send_request(s, churn_written, churn_read);
+  if (rc != 0)
+    churn_end(s, false, rc == SEND_NO_MEMORY ? UV_ENOMEM : rc);
+}
+
+/* Starts the next cycle on a slot: a new connection (from its source
+ * address when several are configured) to the next channel. */
+static void churn_start(sub_t *s) {
+  uint64_t cycle = g.cycles_started++;
+  s->ch = (uint32_t)(cycle % g.cfg.channels);
+  g.churn_inflight++;
+  int rc = sub_open(s);
+  if (rc < 0) { /* no handle to close: the slot retires, the cycle failed */
+    g.churn_inflight--;
+    g.cycles_failed++;
+    g.connect_errors++;
+    g.last_error = rc;
+    s->state = S_FAILED;
+    if (g.churn_inflight == 0)
+      stop("setup failed");
+    return;
+  }
+  rc = sub_connect(s, cycle, churn_connected);
+  if (rc < 0) {
+    g.connect_errors++;
+    churn_end(s, false, rc);
   }
 }
 
@@ -1159,6 +1352,12 @@ static void check_phase(void) {
 /* Prints one progress line on stderr. */
 static void progress(uint64_t now) {
   double t = secs(g.t0, now);
+  if (g.cfg.mode == MODE_CHURN) {
+    fprintf(stderr,
+            "[%6.1fs] cycles %" PRIu64 "/%" PRIu64 " done, %" PRIu64 " failed, %u in flight\n", t,
+            g.cycles_done, g.cfg.cycles, g.cycles_failed, g.churn_inflight);
+    return;
+  }
   if (g.cfg.mode == MODE_IDLE || g.phase == PH_SUBS) {
     fprintf(stderr,
             "[%6.1fs] subs open %u/%u, connecting %u, retrying %u, failed %u | retries %" PRIu64
@@ -1187,6 +1386,12 @@ static void tick(uv_timer_t *t) {
   uint64_t now = now_ns();
   if (secs(g.t0, now) >= g.cfg.timeout) {
     stop("timeout");
+    return;
+  }
+  if (g.cfg.mode == MODE_CHURN) {
+    expire_connects(now);
+    if (++g.ticks % (1000 / TICK_MS) == 0 && !g.cfg.quiet && !g.stopping)
+      progress(now);
     return;
   }
   if (g.retry_waiting)
@@ -1294,6 +1499,42 @@ static void json_str(const char *s) {
   putchar('"');
 }
 
+/* Prints the summary of a churn run: text lines, or one JSON object. */
+static void report_churn(double wall, const char *err) {
+  const config_t *c = &g.cfg;
+  double run = secs(g.t0, g.t_stop);
+  double cps = run > 0 ? (double)g.cycles_done / run : 0;
+  if (c->json) {
+    printf("{\"mode\":\"churn\",\"host\":\"%s\",\"port\":%d,\"sub_path\":", c->host, c->port);
+    json_str(c->sub_path);
+    printf(",\"channels\":%u,\"window\":%u,\"sources\":%u,\"close_on\":\"%s\",", c->channels,
+           c->subs, c->sources, c->close_on_head ? "head" : "body");
+    printf("\"stopped_by\":\"%s\",\"wall_s\":%.6f,\"cycles_wanted\":%" PRIu64
+           ",\"cycles\":%" PRIu64 ",\"cycles_started\":%" PRIu64 ",\"cycles_failed\":%" PRIu64
+           ",\"cycles_per_s\":%.1f,",
+           g.stop_reason, wall, c->cycles, g.cycles_done, g.cycles_started, g.cycles_failed, cps);
+    printf("\"connect_errors\":%" PRIu64 ",\"connect_timeouts\":%" PRIu64
+           ",\"sub_http_errors\":%" PRIu64 ",\"protocol_errors\":%" PRIu64
+           ",\"last_error\":\"%s\",\"last_http_status\":%d,\"bytes_received\":%" PRIu64
+           ",\"reads\":%" PRIu64 "}\n",
+           g.connect_errors, g.connect_timeouts, g.sub_http_errors, g.protocol_errors, err,
+           g.last_sub_status, g.bytes, g.reads);
+    return;
+  }
+  printf("mode           churn\n");
+  printf("target         %s:%d  sub %s  channels %u  sources %u\n", c->host, c->port, c->sub_path,
+         c->channels, c->sources);
+  printf("cycles         %" PRIu64 "/%" PRIu64 " done, %" PRIu64 " failed, in %.3f s = %.0f/s "
+         "(window %u, close on %s)\n",
+         g.cycles_done, c->cycles, g.cycles_failed, run, cps, c->subs,
+         c->close_on_head ? "head" : "body");
+  printf("errors         connect %" PRIu64 ", timeouts %" PRIu64 ", http %" PRIu64
+         ", protocol %" PRIu64 "%s%s\n",
+         g.connect_errors, g.connect_timeouts, g.sub_http_errors, g.protocol_errors,
+         *err ? ", last error " : "", err);
+  printf("stopped        %s after %.3f s\n", g.stop_reason, wall);
+}
+
 /* Prints the summary: text lines, or one JSON object with --json. */
 static void report(void) {
   const config_t *c = &g.cfg;
@@ -1314,6 +1555,10 @@ static void report(void) {
     if (g.subs[i].state == S_FAILED || g.subs[i].state == S_NEW || g.subs[i].state == S_RETRY)
       failed++;
   const char *err = g.last_error ? uv_err_name(g.last_error) : "";
+  if (c->mode == MODE_CHURN) {
+    report_churn(wall, err);
+    return;
+  }
   if (c->json) {
     printf("{\"mode\":\"%s\",\"host\":\"%s\",\"port\":%d,", c->mode_name, c->host, c->port);
     printf("\"sub_path\":");
@@ -1333,6 +1578,10 @@ static void report(void) {
            g.open, g.max_open, failed, g.connect_errors, g.connect_retries, g.connect_timeouts,
            g.sub_http_errors, g.protocol_errors, g.closed, err,
            g.last_sub_status ? g.last_sub_status : g.last_pub_status);
+    printf("\"closed_eof\":%" PRIu64 ",\"closed_reset\":%" PRIu64 ",\"closed_partial\":%" PRIu64
+           ",\"last_close_s\":%.6f,",
+           g.closed_eof, g.closed_reset, g.closed_partial,
+           g.t_last_close ? secs(g.t0, g.t_last_close) : 0.0);
     printf("\"received\":%" PRIu64 ",\"bytes_received\":%" PRIu64 ",\"reads\":%" PRIu64 ",",
            g.received, g.bytes, g.reads);
     if (fan) {
@@ -1383,8 +1632,9 @@ static void report(void) {
     printf("held           %.3f s, %" PRIu64 " events and %" PRIu64 " bytes received\n", held,
            g.received, g.bytes);
   }
-  printf("errors         protocol %" PRIu64 ", closed by server %" PRIu64 "\n", g.protocol_errors,
-         g.closed);
+  printf("errors         protocol %" PRIu64 ", closed by server %" PRIu64 " (%" PRIu64
+         " orderly, %" PRIu64 " reset, %" PRIu64 " mid-event)\n",
+         g.protocol_errors, g.closed, g.closed_eof, g.closed_reset, g.closed_partial);
   printf("stopped        %s after %.3f s\n", g.stop_reason, wall);
 }
 
@@ -1406,7 +1656,15 @@ static void usage(FILE *f) {
       "  idle      (or hold) opens N subscribers, prints \"READY n\" on stdout once all have\n"
       "            their response head (n = how many are open), holds them for\n"
       "            --duration, or until SIGINT, SIGTERM, SIGUSR1 or the end of a piped\n"
-      "            stdin, then reports\n"
+      "            stdin (or, with --until-closed, until the server has ended them all),\n"
+      "            then reports, with how the server ended streams: closed_eof (an\n"
+      "            orderly close), closed_reset (a reset or other error) and\n"
+      "            closed_partial (an event or line cut short)\n"
+      "  churn     --cycles times: connect, GET SUB_PATH, wait for the 200 head and the\n"
+      "            first body bytes (--close-on head: the head only), close; --window\n"
+      "            cycles in flight at a time; reports cycles/s and failed cycles (a\n"
+      "            refused or reset connection, a status other than 200, a stream\n"
+      "            ended before its first bytes, or --connect-timeout passed)\n"
       "\n"
       "options:\n"
       "  -H, --host ADDR          server address in 127.0.0.0/8 (default 127.0.0.1)\n"
@@ -1415,8 +1673,8 @@ static void usage(FILE *f) {
       "                           (default /sub?ch=bench%d)\n"
       "      --pub-path PATH      publisher path; %d as above\n"
       "                           (default /publish?ch=bench%d)\n"
-      "  -c, --channels C         subscriber i listens on channel i mod C; event j is\n"
-      "                           published to channel j mod C (default 1)\n"
+      "  -c, --channels C         subscriber i (churn: cycle i) listens on channel i mod C;\n"
+      "                           event j is published to channel j mod C (default 1)\n"
       "  -n, --subs N             subscribers (default 100)\n"
       "  -m, --pubs M             keep-alive publisher connections (default 1)\n"
       "  -k, --events K           events published in all (default 1000)\n"
@@ -1433,6 +1691,10 @@ static void usage(FILE *f) {
       "  -d, --duration S         idle: seconds to hold (default 0: until a signal,\n"
       "                           stdin's end or --timeout)\n"
       "  -t, --timeout S          hard limit on the whole run (default 120)\n"
+      "      --until-closed       idle: stop once the server has ended every stream\n"
+      "      --cycles N           churn: connect/subscribe/disconnect cycles (default 10000)\n"
+      "      --close-on WHAT      churn: \"body\" (default) to close after the first body\n"
+      "                           bytes, \"head\" to close after the response head\n"
       "      --sources S          bind subscribers to 127.0.0.1 .. 127.0.0.S in turn\n"
       "                           (default 1: no bind); lifts the ~28k port limit\n"
       "                           and speeds up connects beyond ~10k\n"
@@ -1448,8 +1710,10 @@ static void usage(FILE *f) {
       "\n"
       "Progress goes to stderr every second, the summary to stdout (with --json, one\n"
       "line: the last on stdout, after READY in idle mode).  Exit status:\n"
-      "0 when every subscriber was complete (fanout) or all N were held open to the\n"
-      "end (idle), 1 otherwise, 2 on a usage or setup error.\n",
+      "0 when every subscriber was complete (fanout), all N were held open to the\n"
+      "end (idle; with --until-closed: all N opened and were then ended by the\n"
+      "server) or every cycle was done (churn), 1 otherwise, 2 on a usage or setup\n"
+      "error.\n",
       f);
 }
 
@@ -1513,6 +1777,7 @@ static void parse_args(int argc, char **argv) {
                   .timeout = 120,
                   .linger = 2,
                   .settle_ms = 200,
+                  .cycles = 10000,
                   .connect_timeout = 10};
   snprintf(c->host, sizeof c->host, "127.0.0.1");
   if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
@@ -1527,8 +1792,11 @@ static void parse_args(int argc, char **argv) {
   else if (strcmp(argv[1], "idle") == 0 || strcmp(argv[1], "hold") == 0) {
     c->mode = MODE_IDLE;
     c->mode_name = "idle";
+  } else if (strcmp(argv[1], "churn") == 0) {
+    c->mode = MODE_CHURN;
   } else {
-    fprintf(stderr, "sluice-loadgen: unknown mode '%s' (fanout, latency or idle)\n", argv[1]);
+    fprintf(stderr, "sluice-loadgen: unknown mode '%s' (fanout, latency, idle or churn)\n",
+            argv[1]);
     exit(2);
   }
   enum {
@@ -1542,7 +1810,10 @@ static void parse_args(int argc, char **argv) {
     O_RETRIES,
     O_CTIMEOUT,
     O_CPU,
-    O_JSON
+    O_JSON,
+    O_UNTIL_CLOSED,
+    O_CYCLES,
+    O_CLOSE_ON
   };
   static const struct option opts[] = {{"host", required_argument, NULL, 'H'},
                                        {"port", required_argument, NULL, 'p'},
@@ -1565,6 +1836,9 @@ static void parse_args(int argc, char **argv) {
                                        {"connect-timeout", required_argument, NULL, O_CTIMEOUT},
                                        {"cpu", required_argument, NULL, O_CPU},
                                        {"json", no_argument, NULL, O_JSON},
+                                       {"until-closed", no_argument, NULL, O_UNTIL_CLOSED},
+                                       {"cycles", required_argument, NULL, O_CYCLES},
+                                       {"close-on", required_argument, NULL, O_CLOSE_ON},
                                        {"quiet", no_argument, NULL, 'q'},
                                        {"help", no_argument, NULL, 'h'},
                                        {NULL, 0, NULL, 0}};
@@ -1596,6 +1870,15 @@ static void parse_args(int argc, char **argv) {
     case O_CTIMEOUT: c->connect_timeout = num_arg("--connect-timeout", optarg, 0.1, 3600); break;
     case O_CPU: c->cpu = (int)num_arg("--cpu", optarg, 0, CPU_SETSIZE - 1); break;
     case O_JSON: c->json = 1; break;
+    case O_UNTIL_CLOSED: c->until_closed = 1; break;
+    case O_CYCLES: c->cycles = (uint64_t)num_arg("--cycles", optarg, 1, 1e12); break;
+    case O_CLOSE_ON:
+      if (strcmp(optarg, "head") != 0 && strcmp(optarg, "body") != 0) {
+        fprintf(stderr, "sluice-loadgen: --close-on takes head or body: %s\n", optarg);
+        exit(2);
+      }
+      c->close_on_head = strcmp(optarg, "head") == 0;
+      break;
     case 'q': c->quiet = 1; break;
     case 'h': usage(stdout); exit(0);
     default: usage(stderr); exit(2);
@@ -1607,6 +1890,8 @@ static void parse_args(int argc, char **argv) {
   }
   if (c->channels > c->subs && c->subs > 0 && c->mode == MODE_IDLE)
     c->channels = c->subs;
+  if (c->mode == MODE_CHURN) /* one slot per cycle in flight; slots are reused */
+    c->subs = (uint32_t)(c->cycles < c->window ? c->cycles : c->window);
 }
 
 /* ---------------------------------------------------------------- setup */
@@ -1623,7 +1908,8 @@ static void raise_nofile(void) {
     getrlimit(RLIMIT_NOFILE, &rl);
   }
   g.nofile = (uint64_t)rl.rlim_cur;
-  uint64_t need = (uint64_t)g.cfg.subs + (g.cfg.mode == MODE_IDLE ? 0 : g.cfg.pubs) + 16;
+  bool no_pubs = g.cfg.mode == MODE_IDLE || g.cfg.mode == MODE_CHURN;
+  uint64_t need = (uint64_t)g.cfg.subs + (no_pubs ? 0 : g.cfg.pubs) + 16;
   if (need > g.nofile)
     fprintf(stderr,
             "sluice-loadgen: %" PRIu64 " connections need about %" PRIu64
@@ -1756,7 +2042,11 @@ int main(int argc, char **argv) {
     uv_signal_init(g.loop, &g.sig[i]);
     uv_signal_start(&g.sig[i], on_signal, sigs[i]);
   }
-  if (!g.cfg.quiet) {
+  if (!g.cfg.quiet && g.cfg.mode == MODE_CHURN) {
+    const config_t *c = &g.cfg;
+    fprintf(stderr, "sluice-loadgen: churn %s:%d, %" PRIu64 " cycles, %u in flight, nofile %" PRIu64
+            "%s\n", c->host, c->port, c->cycles, c->subs, g.nofile, c->cpu >= 0 ? ", pinned" : "");
+  } else if (!g.cfg.quiet) {
     const config_t *c = &g.cfg;
     fprintf(stderr, "sluice-loadgen: %s %s:%d, %u subscribers", c->mode_name, c->host, c->port,
             c->subs);
@@ -1769,16 +2059,28 @@ int main(int argc, char **argv) {
   g.t0 = now_ns();
   g.phase = PH_SUBS;
   uv_timer_start(&g.tick, tick, TICK_MS, TICK_MS);
-  pump();
-  check_phase();
+  if (g.cfg.mode == MODE_CHURN) {
+    for (uint32_t i = 0; i < g.cfg.subs; i++)
+      churn_start(&g.subs[i]);
+  } else {
+    pump();
+    check_phase();
+  }
   uv_run(g.loop, UV_RUN_DEFAULT);
   if (!g.stopping)
     stop("loop ended");
   report();
   fflush(stdout);
   tally_t t = tally();
-  bool ok = g.cfg.mode == MODE_IDLE ? (g.t_ready && g.open == g.cfg.subs)
-                                    : (t.complete == g.cfg.subs && g.cfg.subs > 0);
+  bool ok;
+  if (g.cfg.mode == MODE_CHURN)
+    ok = g.cycles_done == g.cfg.cycles;
+  else if (g.cfg.mode == MODE_IDLE && g.cfg.until_closed)
+    ok = g.t_ready && g.closed == g.cfg.subs;
+  else if (g.cfg.mode == MODE_IDLE)
+    ok = g.t_ready && g.open == g.cfg.subs;
+  else
+    ok = t.complete == g.cfg.subs && g.cfg.subs > 0;
   uv_walk(g.loop, close_walk, NULL);
   uv_run(g.loop, UV_RUN_DEFAULT);
   uv_loop_close(g.loop);

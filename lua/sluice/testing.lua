@@ -66,6 +66,12 @@ local function shell_quote(s)
   return "'" .. (tostring(s):gsub("'", "'\\''")) .. "'"
 end
 
+--- `s` (a string, or anything tostring takes) quoted as one word of a
+--- POSIX shell command line: `it's` becomes `'it'\''s'`.
+---@param s any
+---@return string
+function testing.shell_quote(s) return shell_quote(s) end
+
 local function read_file(path)
   local f = io.open(path, "rb")
   if not f then return nil end
@@ -97,6 +103,11 @@ local function command_line(argv)
   for i, a in ipairs(argv) do parts[i] = shell_quote(a) end
   return table.concat(parts, " ")
 end
+
+--- `argv` as one shell command line, each word quoted by testing.shell_quote.
+---@param argv any[]
+---@return string
+function testing.command_line(argv) return command_line(argv) end
 
 local function default_bin()
   return os.getenv("SLUICE_BIN") or "build/sluice"
@@ -170,6 +181,13 @@ end
 ---@field log_path string     file receiving the server's stdout and stderr
 local Server = {}
 Server.__index = Server
+
+--- The methods of the servers testing.start returns, for helpers that run
+--- other background processes the same way: exit_status, wait_exit,
+--- signal, kill and stop need only the fields `pid` and `_status_path` (a
+--- file that receives the exit status followed by a newline once the
+--- process has ended; `_status` caches it).
+testing.Server = Server
 
 -- Servers still running when the test process exits are killed, and every
 -- temporary file is removed (Lua runs this finalizer when it closes).
