@@ -22,12 +22,6 @@ static const char *check_channel(lua_State *L, int idx, size_t *len) {
   return name;
 }
 
-static hub_channel_t *channel_or_fail(lua_State *L, const char *name, size_t len) {
-  hub_channel_t *ch = hub_channel(get_hub(L), name, len);
-  if (ch == NULL) luaL_error(L, "not enough memory");
-  return ch;
-}
-
 /* Reads an id given as a string or an integer: 1 and *id when it is one
  * the hub could have made, 0 otherwise (nil, unknown, malformed). */
 static int opt_id(lua_State *L, int idx, uint64_t *id) {
@@ -63,13 +57,28 @@ static int l_publish(lua_State *L) {
    * have put it. */
   size_t id_at = 0;
   if (ev.event != NULL) id_at = (size_t)((char *)memchr(body->data, '\n', body->len) - body->data) + 1;
-  hub_channel_t *ch = hub_channel(get_hub(L), cname, clen);
   uint64_t id = 0;
-  int rc = ch ? hub_publish(get_hub(L), ch, body, id_at, &id) : -ENOMEM;
+  int rc = hub_publish_to(get_hub(L), cname, clen, body, id_at, &id);
   frame_unref(body);
   if (rc) return luaL_error(L, "not enough memory");
   push_id(L, id);
   return 1;
+}
+
+/* The i-th channel name (0-based) of subscribe's argument 2, a name or a
+ * list of names, or NULL when it is not a non-empty string.  The string
+ * stays referenced by argument 2, so it outlives the pop. */
+static const char *channel_arg(lua_State *L, int i, size_t *len) {
+  *len = 0;
+  const char *name = NULL;
+  if (lua_type(L, 2) != LUA_TTABLE) {
+    if (lua_type(L, 2) == LUA_TSTRING) name = lua_tolstring(L, 2, len);
+  } else {
+    lua_rawgeti(L, 2, i + 1);
+    if (lua_type(L, -1) == LUA_TSTRING) name = lua_tolstring(L, -1, len);
+    lua_pop(L, 1);
+  }
+  return name != NULL && *len > 0 ? name : NULL;
 }
 
 /* stream:subscribe(channel | {channels}, { since = id }) -> replayed count,
@@ -79,28 +88,18 @@ static int l_subscribe(lua_State *L) {
   rhandle_t *h = luaL_checkudata(L, 1, STREAM_MT);
   lua_settop(L, 3); /* the options slot stays 3 whatever we push */
   int n;
+  size_t len;
+  /* Everything that can raise comes first: once channel references are
+   * taken below, nothing may jump past their release. */
   if (lua_type(L, 2) == LUA_TTABLE) {
     n = (int)luaL_len(L, 2);
     luaL_argcheck(L, n > 0, 2, "no channels given");
+    for (int i = 0; i < n; i++)
+      if (channel_arg(L, i, &len) == NULL)
+        return luaL_argerror(L, 2, "channel names must be non-empty strings");
   } else {
     n = 1;
-  }
-  /* The channel pointers live in a userdata: freed by Lua even if a name
-   * check below raises. */
-  hub_channel_t **chs = lua_newuserdatauv(L, (size_t)n * sizeof(*chs), 0);
-  for (int i = 0; i < n; i++) {
-    size_t len = 0;
-    const char *name;
-    if (lua_type(L, 2) == LUA_TTABLE) {
-      lua_rawgeti(L, 2, i + 1);
-      name = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
-      if (name == NULL || len == 0) return luaL_argerror(L, 2, "channel names must be non-empty strings");
-      chs[i] = channel_or_fail(L, name, len);
-      lua_pop(L, 1);
-    } else {
-      name = check_channel(L, 2, &len);
-      chs[i] = channel_or_fail(L, name, len);
-    }
+    check_channel(L, 2, &len);
   }
   uint64_t since = 0;
   int has_since = 0;
@@ -116,8 +115,18 @@ static int l_subscribe(lua_State *L) {
     lua_pushliteral(L, "closed");
     return 2;
   }
-  int gap = 0;
-  int got = fanout_subscribe(r, chs, n, has_since, since, &gap);
+  /* The pointer array lives in a userdata, freed by Lua whatever happens;
+   * each pointer carries a reference of ours until the end of this call. */
+  hub_channel_t **chs = lua_newuserdatauv(L, (size_t)n * sizeof(*chs), 0);
+  hub_t *hub = get_hub(L);
+  int held = 0, got = -ENOMEM, gap = 0;
+  while (held < n) {
+    const char *name = channel_arg(L, held, &len);
+    if ((chs[held] = hub_channel(hub, name, len)) == NULL) break;
+    held++;
+  }
+  if (held == n) got = fanout_subscribe(r, chs, n, has_since, since, &gap);
+  for (int i = 0; i < held; i++) hub_channel_release(hub, chs[i]);
   if (got < 0) return luaL_error(L, "not enough memory");
   lua_pushinteger(L, got);
   lua_pushboolean(L, !gap);
@@ -194,13 +203,16 @@ static int l_history(lua_State *L) {
     lua_pop(L, 1);
     if (asked) return 1; /* limit = 0: none */
   }
-  /* Reading never creates a channel: names from clients cost nothing. */
+  /* Reading never creates a channel: names from clients cost nothing.  The
+   * reference keeps the channel for the collect; the frames collected
+   * carry their own. */
   hub_channel_t *ch = hub_channel_find(get_hub(L), cname, clen);
   if (ch == NULL) return 1;
   hub_msg_t *items;
   uint64_t watermark;
   int gap;
   int got = hub_collect(get_hub(L), &ch, 1, since, has_since, (size_t)limit, &items, &watermark, &gap);
+  hub_channel_release(get_hub(L), ch);
   if (got < 0) return luaL_error(L, "not enough memory");
   for (int i = 0; i < got; i++) {
     push_frame_event(L, items[i].frame);

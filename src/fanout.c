@@ -50,6 +50,9 @@ int fanout_subscribe(req_t *r, hub_channel_t **chs, int n, int has_since, uint64
       return -ENOMEM;
     }
     s->r = r;
+    /* The subscription keeps its channel alive: its own reference, taken
+     * from the caller's, given back in fanout_unsubscribe_all. */
+    hub_channel_retain(w->srv->hub, fresh[i]);
     s->ch = fresh[i];
     s->min_id = watermark; /* older events still in the inbox were replayed */
     hub_local_t *loc = &fresh[i]->local[w->idx];
@@ -74,6 +77,8 @@ void fanout_unsubscribe_all(req_t *r) {
     list_remove(&s->node);
     s->ch->local[r->w->idx].count--;
     r->w->stats.subscribers--;
+    /* Off this worker's list first: the release may free the channel. */
+    hub_channel_release(r->w->srv->hub, s->ch);
     free(s);
   }
 }
@@ -113,7 +118,8 @@ void fanout_drain(worker_t *w) {
       }
       if (req_stream_write(r, m->frame) == 0) w->stats.delivered++;
     }
-    frame_unref(m->frame);
   }
-  free(items);
+  /* Each message kept its channel alive until here, even if its last
+   * subscriber on this worker left during the loop. */
+  hub_msgs_release(w->srv->hub, items, n);
 }

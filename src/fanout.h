@@ -24,19 +24,21 @@ typedef struct sub {
   list_node_t node;     /* on ch->local[worker].subs */
   list_node_t rnode;    /* on req->subs */
   struct req *r;
-  hub_channel_t *ch;
+  hub_channel_t *ch;    /* a reference of its own (see hub.h) */
   uint64_t min_id;      /* ids up to here were replayed or came before */
 } sub_t;
 
-/* Subscribes stream r to n channels.  When has_since, first replays every
- * retained event after since, in id order, then live events follow with no
- * gap and no duplicate at the seam.  Channels r already follows are left
- * as they are.  Returns the number of events replayed (*gap set when some
- * after since were no longer retained), or -ENOMEM. */
+/* Subscribes stream r to n channels, which the caller holds references to
+ * (each new subscription takes one of its own).  When has_since, first
+ * replays every retained event after since, in id order, then live events
+ * follow with no gap and no duplicate at the seam.  Channels r already
+ * follows are left as they are.  Returns the number of events replayed
+ * (*gap set when some after since were no longer retained), or -ENOMEM. */
 int fanout_subscribe(struct req *r, hub_channel_t **chs, int n, int has_since, uint64_t since,
                      int *gap);
 
-/* Removes every subscription of r (it is ending). */
+/* Removes every subscription of r (it is ending), giving back their
+ * channel references. */
 void fanout_unsubscribe_all(struct req *r);
 
 /* Whether r follows any channel. */

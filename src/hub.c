@@ -7,6 +7,9 @@
 #include <string.h>
 
 #define HUB_INITIAL_RING 16
+#define HUB_TABLE_MIN 64
+/* Slots of the tombstone table (a power of two): 32 KiB for the hub. */
+#define HUB_TOMBS 4096
 
 struct hub {
   uv_mutex_t lock;          /* guards everything below but the inboxes */
@@ -15,19 +18,28 @@ struct hub {
   size_t history;           /* events kept per channel */
   uint64_t ttl_ms;          /* 0: no age limit */
   int configured;
-  hub_channel_t **table;    /* open addressing, by name */
+  hub_channel_t **table;    /* open addressing (linear probing), by name */
   size_t table_cap, nchannels;
   uint64_t published;
   uint64_t retained;
   int nworkers;
   hub_inbox_t **inboxes;
+  /* Channels with no reference but retained events, in the order they
+   * were left: the sweep frees them once their events have expired. */
+  list_node_t idle;
+  /* By name hash: the newest id dropped from history by a freed channel
+   * (see "Gaps across a channel's lifetimes" in hub.h). */
+  uint64_t tombs[HUB_TOMBS];
 };
+
+/* Milliseconds of the monotonic clock: the time base of history_ttl. */
+static uint64_t now_ms(void) { return uv_hrtime() / 1000000; }
 
 hub_t *hub_new(int nworkers) {
   hub_t *h = calloc(1, sizeof(*h));
   if (h == NULL) return NULL;
   h->inboxes = calloc((size_t)nworkers, sizeof(*h->inboxes));
-  h->table_cap = 64;
+  h->table_cap = HUB_TABLE_MIN;
   h->table = calloc(h->table_cap, sizeof(*h->table));
   if (h->inboxes == NULL || h->table == NULL) {
     free(h->inboxes);
@@ -36,6 +48,7 @@ hub_t *hub_new(int nworkers) {
     return NULL;
   }
   uv_mutex_init(&h->lock);
+  list_init(&h->idle);
   h->nworkers = nworkers;
   h->history = 1000;
   uv_timeval64_t tv;
@@ -44,16 +57,18 @@ hub_t *hub_new(int nworkers) {
   return h;
 }
 
+/* Frees ch's memory and its history's frame references; the caller has
+ * already taken it out of the table (or is freeing the whole hub). */
 static void channel_free(hub_channel_t *ch) {
   for (uint32_t i = 0; i < ch->count; i++) frame_unref(ch->ring[(ch->head + i) % ch->cap].frame);
   free(ch->ring);
-  free(ch->local);
-  free(ch->name);
-  free(ch);
+  free(ch); /* the name and the worker slots live in the same block */
 }
 
 void hub_free(hub_t *h) {
   if (h == NULL) return;
+  /* Whatever references are left (a caller that never released, or an
+   * inbox nobody drained) die with the hub: the workers have stopped. */
   for (size_t i = 0; i < h->table_cap; i++)
     if (h->table[i]) channel_free(h->table[i]);
   free(h->table);
@@ -78,12 +93,6 @@ void hub_attach(hub_t *h, int w, hub_inbox_t *inbox) {
   uv_mutex_unlock(&h->lock);
 }
 
-void hub_detach(hub_t *h, int w) {
-  uv_mutex_lock(&h->lock);
-  h->inboxes[w] = NULL;
-  uv_mutex_unlock(&h->lock);
-}
-
 /* FNV-1a: channel names are short and chosen by apps, not attackers'
  * bytes alone; a table at most half full keeps probes short. */
 static size_t hash_name(const char *s, size_t n) {
@@ -92,14 +101,15 @@ static size_t hash_name(const char *s, size_t n) {
   return (size_t)x;
 }
 
-static int grow_table(hub_t *h) {
-  size_t cap = h->table_cap * 2;
+/* Rebuilds the table with cap slots (a power of two, above nchannels):
+ * 0, or -ENOMEM with the table unchanged (lock held). */
+static int resize_table(hub_t *h, size_t cap) {
   hub_channel_t **t = calloc(cap, sizeof(*t));
   if (t == NULL) return -ENOMEM;
   for (size_t i = 0; i < h->table_cap; i++) {
     hub_channel_t *ch = h->table[i];
     if (ch == NULL) continue;
-    size_t j = hash_name(ch->name, ch->name_len) & (cap - 1);
+    size_t j = ch->hash & (cap - 1);
     while (t[j]) j = (j + 1) & (cap - 1);
     t[j] = ch;
   }
@@ -109,47 +119,49 @@ static int grow_table(hub_t *h) {
   return 0;
 }
 
-hub_channel_t *hub_channel_find(hub_t *h, const char *name, size_t len) {
-  uv_mutex_lock(&h->lock);
-  size_t i = hash_name(name, len) & (h->table_cap - 1);
+/* The slot holding the channel named name, or the empty slot ending its
+ * probe sequence, where it would go (lock held). */
+static size_t table_slot(hub_t *h, const char *name, size_t len, size_t hash) {
+  size_t mask = h->table_cap - 1, i = hash & mask;
   hub_channel_t *ch;
   while ((ch = h->table[i]) != NULL) {
-    if (ch->name_len == len && memcmp(ch->name, name, len) == 0) break;
-    i = (i + 1) & (h->table_cap - 1);
+    if (ch->hash == hash && ch->name_len == len && memcmp(ch->name, name, len) == 0) break;
+    i = (i + 1) & mask;
   }
-  uv_mutex_unlock(&h->lock);
-  return ch;
+  return i;
 }
 
-hub_channel_t *hub_channel(hub_t *h, const char *name, size_t len) {
-  uv_mutex_lock(&h->lock);
-  size_t i = hash_name(name, len) & (h->table_cap - 1);
-  hub_channel_t *ch;
-  while ((ch = h->table[i]) != NULL) {
-    if (ch->name_len == len && memcmp(ch->name, name, len) == 0) goto out;
-    i = (i + 1) & (h->table_cap - 1);
+/* Takes ch out of the table by backward-shift deletion: every entry after
+ * it in the same probe run that may move back does, so lookups need no
+ * tombstones (lock held). */
+static void table_remove(hub_t *h, hub_channel_t *ch) {
+  size_t mask = h->table_cap - 1, i = ch->hash & mask;
+  while (h->table[i] != ch) i = (i + 1) & mask;
+  for (size_t j = (i + 1) & mask; h->table[j] != NULL; j = (j + 1) & mask) {
+    size_t home = h->table[j]->hash & mask;
+    /* The entry at j stays when its home lies cyclically in (i, j]. */
+    int stays = i <= j ? (i < home && home <= j) : (i < home || home <= j);
+    if (stays) continue;
+    h->table[i] = h->table[j];
+    i = j;
   }
-  ch = calloc(1, sizeof(*ch));
-  if (ch == NULL) goto out;
-  ch->name = malloc(len + 1);
-  ch->local = calloc((size_t)h->nworkers, sizeof(*ch->local));
-  if (ch->name == NULL || ch->local == NULL) {
-    free(ch->name);
-    free(ch->local);
-    free(ch);
-    ch = NULL;
-    goto out;
-  }
-  memcpy(ch->name, name, len);
-  ch->name[len] = '\0';
-  ch->name_len = len;
-  for (int w = 0; w < h->nworkers; w++) list_init(&ch->local[w].subs);
-  h->table[i] = ch;
-  h->nchannels++;
-  if (h->nchannels * 2 > h->table_cap) grow_table(h); /* on failure: probes grow longer */
-out:
-  uv_mutex_unlock(&h->lock);
-  return ch;
+  h->table[i] = NULL;
+  h->nchannels--;
+}
+
+/* Frees ch, which nothing refers to and whose history is empty, leaving
+ * its newest dropped id in its tombstone slot (lock held). */
+static void channel_destroy(hub_t *h, hub_channel_t *ch) {
+  uint64_t *tomb = &h->tombs[ch->hash & (HUB_TOMBS - 1)];
+  if (ch->evicted_upto > *tomb) *tomb = ch->evicted_upto;
+  list_remove(&ch->idle);
+  table_remove(h, ch);
+  /* Give back a table that a burst of channels grew: a quarter full at
+   * most after halving, so the next growth is far away.  On failure the
+   * big table simply stays. */
+  if (h->table_cap > HUB_TABLE_MIN && h->nchannels * 8 < h->table_cap)
+    resize_table(h, h->table_cap / 2);
+  channel_free(ch);
 }
 
 /* Drops the oldest entry of ch's ring (lock held). */
@@ -166,6 +178,106 @@ static void drop_oldest(hub_t *h, hub_channel_t *ch) {
 static void expire(hub_t *h, hub_channel_t *ch, uint64_t now) {
   if (h->ttl_ms == 0) return;
   while (ch->count > 0 && ch->ring[ch->head].at_ms + h->ttl_ms <= now) drop_oldest(h, ch);
+}
+
+/* Frees the idle channels whose history has expired, oldest left first,
+ * stopping at the first that still holds an event.  A channel behind that
+ * one may wait, but not long: the first one's events are all older than
+ * the moment it was left, which comes before the moment any channel behind
+ * it was left, so each is freed at most history_ttl after it was left.
+ * Every channel is freed once, so the cost is amortised over creations
+ * (lock held). */
+static void sweep_idle(hub_t *h, uint64_t now) {
+  if (h->ttl_ms == 0) return; /* without an age limit, idle events stay */
+  while (!list_empty(&h->idle)) {
+    hub_channel_t *ch = list_entry(h->idle.next, hub_channel_t, idle);
+    expire(h, ch, now);
+    if (ch->count > 0) break;
+    channel_destroy(h, ch);
+  }
+}
+
+/* Takes a reference to ch: it leaves the idle list (lock held). */
+static void ref_locked(hub_channel_t *ch) {
+  if (ch->refs++ == 0) list_remove(&ch->idle);
+}
+
+/* Drops a reference to ch.  The last one frees it when its history is
+ * empty once expired events are dropped; otherwise it joins the tail of
+ * the idle list, where the sweep finds it when those events expire
+ * (lock held). */
+static void unref_locked(hub_t *h, hub_channel_t *ch, uint64_t now) {
+  if (--ch->refs > 0) return;
+  expire(h, ch, now);
+  if (ch->count == 0)
+    channel_destroy(h, ch);
+  else
+    list_push_back(&h->idle, &ch->idle);
+}
+
+/* The channel named name, made (with no reference yet) when create is set
+ * and it does not exist; NULL when it does not exist and is not made
+ * (lock held). */
+static hub_channel_t *lookup(hub_t *h, const char *name, size_t len, int create) {
+  size_t hash = hash_name(name, len);
+  size_t i = table_slot(h, name, len, hash);
+  if (h->table[i] != NULL || !create) return h->table[i];
+  /* A new channel is where the table grows, so the place to reclaim what
+   * expired meanwhile; the sweep may shrink the table, hence the probe
+   * again. */
+  sweep_idle(h, now_ms());
+  /* Keep the table at most half full; a table that cannot grow still
+   * takes channels until one empty slot is left, which ends every probe. */
+  if ((h->nchannels + 1) * 2 > h->table_cap && resize_table(h, h->table_cap * 2) != 0 &&
+      h->nchannels + 2 > h->table_cap)
+    return NULL;
+  i = table_slot(h, name, len, hash);
+  size_t nw = (size_t)h->nworkers;
+  hub_channel_t *ch = calloc(1, sizeof(*ch) + nw * sizeof(hub_local_t) + len + 1);
+  if (ch == NULL) return NULL;
+  ch->local = (hub_local_t *)(ch + 1);
+  ch->name = (char *)(ch->local + nw);
+  memcpy(ch->name, name, len);
+  ch->name[len] = '\0';
+  ch->name_len = len;
+  ch->hash = hash;
+  list_init(&ch->idle);
+  for (size_t w = 0; w < nw; w++) list_init(&ch->local[w].subs);
+  /* Whatever an earlier channel of this name (or slot) dropped is still
+   * missing for a client that saw less of it. */
+  ch->evicted_upto = h->tombs[hash & (HUB_TOMBS - 1)];
+  h->table[i] = ch;
+  h->nchannels++;
+  return ch;
+}
+
+hub_channel_t *hub_channel_find(hub_t *h, const char *name, size_t len) {
+  uv_mutex_lock(&h->lock);
+  hub_channel_t *ch = lookup(h, name, len, 0);
+  if (ch != NULL) ref_locked(ch);
+  uv_mutex_unlock(&h->lock);
+  return ch;
+}
+
+hub_channel_t *hub_channel(hub_t *h, const char *name, size_t len) {
+  uv_mutex_lock(&h->lock);
+  hub_channel_t *ch = lookup(h, name, len, 1);
+  if (ch != NULL) ref_locked(ch);
+  uv_mutex_unlock(&h->lock);
+  return ch;
+}
+
+void hub_channel_retain(hub_t *h, hub_channel_t *ch) {
+  uv_mutex_lock(&h->lock);
+  ref_locked(ch);
+  uv_mutex_unlock(&h->lock);
+}
+
+void hub_channel_release(hub_t *h, hub_channel_t *ch) {
+  uint64_t now = now_ms();
+  uv_mutex_lock(&h->lock);
+  unref_locked(h, ch, now);
+  uv_mutex_unlock(&h->lock);
 }
 
 /* Makes room for one more entry, growing the ring up to the history size. */
@@ -199,6 +311,10 @@ static frame_t *with_id(const frame_t *body, size_t at, uint64_t id) {
   return f;
 }
 
+/* Appends a message for ch's event to a worker's inbox and wakes the
+ * worker: the message takes a frame reference and a channel reference
+ * (both given back by hub_msgs_release).  -ENOMEM when the inbox cannot
+ * grow, with nothing taken (hub lock held). */
 static int inbox_push(hub_inbox_t *in, hub_channel_t *ch, uint64_t id, frame_t *f) {
   uv_mutex_lock(&in->lock);
   if (in->n == in->cap) {
@@ -212,20 +328,19 @@ static int inbox_push(hub_inbox_t *in, hub_channel_t *ch, uint64_t id, frame_t *
     in->cap = cap;
   }
   in->items[in->n++] = (hub_msg_t){ch, id, frame_ref(f)};
+  ref_locked(ch);
   uv_mutex_unlock(&in->lock);
   uv_async_send(in->wake);
   return 0;
 }
 
-int hub_publish(hub_t *h, hub_channel_t *ch, const frame_t *body, size_t id_at, uint64_t *id) {
-  uint64_t now = uv_hrtime() / 1000000;
-  uv_mutex_lock(&h->lock);
+/* Numbers, keeps and posts an event on ch, which someone holds a
+ * reference to; 0, or -ENOMEM with nothing published (lock held). */
+static int publish_locked(hub_t *h, hub_channel_t *ch, const frame_t *body, size_t id_at,
+                          uint64_t now, uint64_t *id) {
   uint64_t next = h->seq + 1;
   frame_t *f = with_id(body, id_at, next);
-  if (f == NULL) {
-    uv_mutex_unlock(&h->lock);
-    return -ENOMEM;
-  }
+  if (f == NULL) return -ENOMEM;
   h->seq = next;
   h->published++;
   expire(h, ch, now);
@@ -243,10 +358,35 @@ int hub_publish(hub_t *h, hub_channel_t *ch, const frame_t *body, size_t id_at, 
    * live; its subscribers get it on their next replay. */
   for (int w = 0; w < h->nworkers; w++)
     if (h->inboxes[w] != NULL) inbox_push(h->inboxes[w], ch, next, f);
-  uv_mutex_unlock(&h->lock);
   frame_unref(f);
   *id = next;
   return 0;
+}
+
+int hub_publish(hub_t *h, hub_channel_t *ch, const frame_t *body, size_t id_at, uint64_t *id) {
+  uint64_t now = now_ms();
+  uv_mutex_lock(&h->lock);
+  int rc = publish_locked(h, ch, body, id_at, now, id);
+  uv_mutex_unlock(&h->lock);
+  return rc;
+}
+
+int hub_publish_to(hub_t *h, const char *name, size_t len, const frame_t *body, size_t id_at,
+                   uint64_t *id) {
+  uint64_t now = now_ms();
+  uv_mutex_lock(&h->lock);
+  hub_channel_t *ch = lookup(h, name, len, 1);
+  int rc = -ENOMEM;
+  if (ch != NULL) {
+    /* Held across the publish so that a channel made here and left with
+     * nothing to keep (history 0, no worker attached) is freed at the
+     * release, not leaked. */
+    ref_locked(ch);
+    rc = publish_locked(h, ch, body, id_at, now, id);
+    unref_locked(h, ch, now);
+  }
+  uv_mutex_unlock(&h->lock);
+  return rc;
 }
 
 static int by_id(const void *a, const void *b) {
@@ -256,7 +396,7 @@ static int by_id(const void *a, const void *b) {
 
 int hub_collect(hub_t *h, hub_channel_t **chs, int n, uint64_t since, int has_since, size_t limit,
                 hub_msg_t **out, uint64_t *watermark, int *gap) {
-  uint64_t now = uv_hrtime() / 1000000;
+  uint64_t now = now_ms();
   *out = NULL;
   *gap = 0;
   uv_mutex_lock(&h->lock);
@@ -303,8 +443,41 @@ size_t hub_inbox_take(hub_inbox_t *in, hub_msg_t **items) {
   return n;
 }
 
-void hub_get_stats(hub_t *h, hub_stats_t *out) {
+void hub_msgs_release(hub_t *h, hub_msg_t *items, size_t n) {
+  if (n > 0) {
+    /* One lock per batch, not per event: a worker drains many at once. */
+    uint64_t now = now_ms();
+    uv_mutex_lock(&h->lock);
+    for (size_t i = 0; i < n; i++) unref_locked(h, items[i].ch, now);
+    uv_mutex_unlock(&h->lock);
+  }
+  for (size_t i = 0; i < n; i++) frame_unref(items[i].frame);
+  free(items);
+}
+
+void hub_detach(hub_t *h, int w) {
+  hub_msg_t *items = NULL;
+  size_t n = 0;
+  uint64_t now = now_ms();
   uv_mutex_lock(&h->lock);
+  hub_inbox_t *in = h->inboxes[w];
+  h->inboxes[w] = NULL;
+  if (in != NULL) {
+    /* Nothing is posted to this inbox any more: what it still holds will
+     * never be delivered, and its channel references must not outlive the
+     * worker (its owner frees only the frames). */
+    n = hub_inbox_take(in, &items);
+    for (size_t i = 0; i < n; i++) unref_locked(h, items[i].ch, now);
+  }
+  uv_mutex_unlock(&h->lock);
+  for (size_t i = 0; i < n; i++) frame_unref(items[i].frame);
+  free(items);
+}
+
+void hub_get_stats(hub_t *h, hub_stats_t *out) {
+  uint64_t now = now_ms();
+  uv_mutex_lock(&h->lock);
+  sweep_idle(h, now); /* count what lives, not what expired unnoticed */
   out->published = h->published;
   out->channels = h->nchannels;
   out->retained = h->retained;

@@ -98,9 +98,9 @@ static void publish_reload(const char *event, json_t *data) {
   frame_t *body;
   enum sse_field bad;
   if (sse_encode(&ev, &body, &bad) == 0) {
-    hub_channel_t *ch = hub_channel(server.hub, RELOAD_CHANNEL, strlen(RELOAD_CHANNEL));
     uint64_t id;
-    if (ch) hub_publish(server.hub, ch, body, strlen("event: \n") + ev.event_len, &id);
+    hub_publish_to(server.hub, RELOAD_CHANNEL, strlen(RELOAD_CHANNEL), body,
+                   strlen("event: \n") + ev.event_len, &id);
     frame_unref(body);
   }
   free(text);

@@ -1058,3 +1058,115 @@ describe("the chat demo app", function()
     assert.is_nil(server:exit_status(), "server died:\n" .. server:log())
   end)
 end)
+
+-- ------------------------------------------------------ channel lifetime
+
+-- Apps name channels from requests (rooms, users): a channel is freed once
+-- no subscriber on any worker follows it and its history holds nothing;
+-- one that still holds events stays, and replays them, until they expire.
+describe("channels freed once nothing needs them", function()
+  local server, client -- history 1000, no age limit
+  local ttl_server, ttl_client -- history_ttl 2 s
+
+  setup(function()
+    server = testing.start(app("channels"), { args = { "--workers", "2" } })
+    client = testing.client(server)
+    ttl_server = testing.start(app("channels_ttl"), { args = { "--workers", "2" } })
+    ttl_client = testing.client(ttl_server)
+  end)
+
+  after_each(close_opened)
+  teardown(function()
+    if server then server:stop() end
+    if ttl_server then ttl_server:stop() end
+  end)
+
+  --- Waits until the hub counts n channels; returns the last count seen.
+  local function channels_become(c, n, timeout)
+    local last
+    testing.wait_for(function()
+      last = stats(c).channels
+      return last == n
+    end, timeout or 10, 0.05)
+    return last
+  end
+
+  it("2,000 channels subscribed to and left: the count returns to its baseline", function()
+    local base = stats(client).channels
+    -- 19 streams following 100 fresh channels each, over both workers ...
+    local streams = {}
+    for s = 1, 19 do
+      local names = {}
+      for i = 1, 100 do names[i] = ("room-%d-%d"):format(s, i) end
+      local stream, info = subscribe(client, "ch=" .. table.concat(names, ","))
+      assert.are.same({ 0, true }, { info.replayed, info.ok })
+      streams[s] = stream
+    end
+    -- ... and 100 one-channel streams opened and closed in turn
+    for i = 1, 100 do
+      local stream = subscribe(client, "ch=user-" .. i)
+      stream:close()
+    end
+    assert.are.equal(base + 1900, stats(client).channels)
+    for _, stream in ipairs(streams) do stream:close() end
+    local now = channels_become(client, base)
+    assert.are.equal(base, now, "channels left behind")
+    local st = stats(client)
+    assert.are.equal(0, st.retained)
+  end)
+
+  it("a channel that holds events outlives its subscribers and replays them", function()
+    local base = stats(client).channels
+    local s = subscribe(client, "ch=kept")
+    local ids = {}
+    for i = 1, 3 do ids[i] = publish(client, "kept", "k" .. i) end
+    assert.are.same({ frame(ids[1], "k1"), frame(ids[2], "k2"), frame(ids[3], "k3") }, frames(s, 3))
+    s:close()
+    testing.sleep(0.3) -- the server notices the close
+    assert.are.equal(base + 1, stats(client).channels)
+    local s2, info, replay = subscribe(client, "ch=kept", { ["Last-Event-ID"] = ids[1] })
+    assert.are.same({ 2, true }, { info.replayed, info.ok })
+    assert.are.same({ frame(ids[2], "k2"), frame(ids[3], "k3") }, replay)
+    s2:close()
+    assert.are.equal(3, #history(client, "kept"))
+  end)
+
+  it("events in flight and retained keep channels until they expire", function()
+    local base = stats(ttl_client).channels
+    -- Each stream gets one live event through its worker's inbox, then
+    -- leaves: its channel holds that event for 2 s more.
+    for i = 1, 50 do
+      local s = subscribe(ttl_client, "ch=brief-" .. i)
+      local id = publish(ttl_client, "brief-" .. i, "b" .. i)
+      assert.are.same({ frame(id, "b" .. i) }, frames(s, 1))
+      s:close()
+    end
+    -- (the first ones may have expired already if the machine is slow)
+    assert(stats(ttl_client).channels > base, "channels freed before their events expired")
+    local now = channels_become(ttl_client, base, 10)
+    assert.are.equal(base, now, "channels left behind after their events expired")
+    assert.are.equal(0, stats(ttl_client).retained)
+  end)
+
+  it("a channel made again still reports the events its former self dropped", function()
+    local e1 = publish(ttl_client, "again", "e1")
+    local e2 = publish(ttl_client, "again", "e2")
+    local base = stats(ttl_client).channels
+    -- both expire: the channel is freed
+    assert.are.equal(base - 1, channels_become(ttl_client, base - 1, 10))
+    assert.are.same({}, history(ttl_client, "again"))
+    local s, info, replay = subscribe(ttl_client, "ch=again", { ["Last-Event-ID"] = e1 })
+    assert.are.same({ 0, false, {} }, { info.replayed, info.ok, replay }) -- e2 is lost
+    s:close()
+    s, info, replay = subscribe(ttl_client, "ch=again", { ["Last-Event-ID"] = e2 })
+    assert.are.same({ 0, true, {} }, { info.replayed, info.ok, replay }) -- nothing after e2 was
+    local e3 = publish(ttl_client, "again", "e3")
+    assert.are.same({ frame(e3, "e3") }, frames(s, 1))
+    s:close()
+  end)
+
+  it("servers are still running", function()
+    assert.is_nil(server:exit_status(), "server died:\n" .. server:log())
+    assert.is_nil(ttl_server:exit_status(), "server died:\n" .. ttl_server:log())
+  end)
+end)
