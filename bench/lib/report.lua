@@ -161,8 +161,10 @@ end
 ---@return string? why
 function report.chart(r, path)
   if not proc.have("gnuplot") then return nil, "gnuplot is not installed" end
-  local panels = {}
+  local panels, title = {}, ""
   for _, row in ipairs(rows(r)) do
+    if row[1] ~= "" then title = row[1] end
+    row.title = title
     if row[3] and (row[4] or row[5]) and not row.noratio then
       panels[#panels + 1] = row
     end
@@ -175,23 +177,24 @@ function report.chart(r, path)
     "set output '" .. path .. "'",
     ("set multiplot layout %d,%d title 'sluice and its peers (%s)'"):format(math.ceil(#panels / cols), cols,
       r.machine.cpu:gsub("'", "")),
-    "set style fill solid 0.8 border -1", "set boxwidth 0.6", "set yrange [0:*]", "unset key",
+    "set termoption noenhanced", "set style fill solid 0.8 border -1", "set boxwidth 0.6", "set yrange [0:*]", "unset key",
     "set grid ytics", "set xtics nomirror", "set tics font 'sans,9'",
   }
-  local last_title = ""
   for i, row in ipairs(panels) do
     local data = ("%s/%d.dat"):format(dir, i)
     local names = { "sluice", row.peer or "nginx", "Node" }
     local body = {}
     for j = 1, 3 do
       local v = row[j + 2]
-      if v then body[#body + 1] = ("%d \"%s\" %.6g %s"):format(j - 1, names[j], v, j == 1 and "0x1f77b4" or "0x999999") end
+      if v then
+        body[#body + 1] = ("%d \"%s\" %.6g %s \"%s\""):format(j - 1, names[j], v,
+          j == 1 and "0x1f77b4" or "0x999999", fmt(v, v >= 100 and 0 or (v >= 10 and 1 or 2)))
+      end
     end
     proc.write(data, table.concat(body, "\n") .. "\n")
-    if row[1] ~= "" then last_title = row[1] end
-    lines[#lines + 1] = ("set title \"%s\\n%s%s\""):format(last_title:gsub('"', ''), row[2]:gsub('"', ''),
+    lines[#lines + 1] = ("set title \"%s\\n%s%s\""):format(row.title:gsub('"', ''), row[2]:gsub('"', ''),
       row.lower and " (lower is better)" or " (higher is better)")
-    lines[#lines + 1] = ("plot '%s' using 1:3:4:xtic(2) with boxes lc rgb variable, '' using 1:3:(gprintf('%%.3s%%c',$3)) with labels offset 0,0.7")
+    lines[#lines + 1] = ("plot '%s' using 1:3:4:xtic(2) with boxes lc rgb variable, '' using 1:3:5 with labels offset 0,0.7")
       :format(data)
   end
   lines[#lines + 1] = "unset multiplot"
