@@ -97,7 +97,8 @@ static void drop_slow(worker_t *w, req_t *r, size_t queued) {
   if (r->conn != NULL) conn_kill(r->conn);
 }
 
-void fanout_drain(worker_t *w) {
+size_t fanout_drain(worker_t *w) {
+  size_t queued_frames = 0;
   hub_msg_t *items;
   size_t n = hub_inbox_take(&w->inbox, &items);
   size_t max_queue = w->app.max_queue;
@@ -116,10 +117,14 @@ void fanout_drain(worker_t *w) {
         drop_slow(w, r, queued);
         continue;
       }
-      if (req_stream_write(r, m->frame) == 0) w->stats.delivered++;
+      if (req_stream_write(r, m->frame) == 0) {
+        w->stats.delivered++;
+        queued_frames++;
+      }
     }
   }
   /* Each message kept its channel alive until here, even if its last
    * subscriber on this worker left during the loop. */
   hub_msgs_release(w->srv->hub, items, n);
+  return queued_frames;
 }

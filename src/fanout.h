@@ -44,7 +44,8 @@ void fanout_unsubscribe_all(struct req *r);
 /* Whether r follows any channel. */
 int fanout_subscribed(const struct req *r);
 
-/* Delivers what the hub posted to this worker's inbox. */
-void fanout_drain(struct worker *w);
+/* Delivers what the hub posted to this worker's inbox; returns how many
+ * frames it queued on streams. */
+size_t fanout_drain(struct worker *w);
 
 #endif

@@ -25,6 +25,12 @@
 #define LISTEN_BACKOFF_MIN_MS 250
 #define LISTEN_BACKOFF_MAX_MS 4000
 #define LISTEN_CALM_MS 5000
+/* Fan-out linger: a delivery round of at least LINGER_MIN_FRAMES frames
+ * (some milliseconds of writes) holds the next round back for LINGER_MS
+ * after its writes end.  Rounds below it (a latency-bound stream to a few
+ * hundred subscribers) go out at once. */
+#define LINGER_MIN_FRAMES 512
+#define LINGER_MS 1
 
 static _Thread_local worker_t *tls_worker;
 
@@ -115,6 +121,10 @@ static void on_prepare(uv_prepare_t *h) {
     conn_t *c = list_entry(work.next, conn_t, pend);
     list_remove(&c->pend);
     conn_process(c);
+  }
+  if (w->large_round) { /* its writes are done: the linger starts now */
+    w->large_round = 0;
+    w->drain_not_before = uv_hrtime() + (uint64_t)LINGER_MS * 1000000;
   }
   if (list_empty(&w->pending))
     uv_idle_stop(&w->idle);
@@ -263,9 +273,31 @@ static void reload_app(worker_t *w) {
   log_info("reloaded in %.1f ms", (double)(uv_hrtime() - t0) / 1e6);
 }
 
+/* Delivers the inbox; a round large enough that writing it costs real time
+ * starts a linger once it is flushed (see on_prepare). */
+static void drain(worker_t *w) {
+  uv_timer_stop(&w->linger);
+  w->drain_not_before = 0;
+  if (fanout_drain(w) >= LINGER_MIN_FRAMES) w->large_round = 1;
+}
+
+static void on_linger(uv_timer_t *t) { drain(t->data); }
+
+/* Hub events (and stop and reload requests) have arrived.  Events wait
+ * while a linger runs: under a stream of publishes to many subscribers,
+ * each round then carries every event published during the last round's
+ * writes and the linger, not one per publisher, which is what a round
+ * costs (one writev per subscriber, mostly kernel).  Replies to the
+ * publishers are not held back, so they keep publishing meanwhile; rounds
+ * too small to matter never linger, and neither does a stop. */
 static void on_wake(uv_async_t *h) {
   worker_t *w = h->data;
-  fanout_drain(w);
+  if (w->drain_not_before != 0 && uv_hrtime() < w->drain_not_before &&
+      !atomic_load(&w->stop_requested)) {
+    if (!uv_is_active((uv_handle_t *)&w->linger)) uv_timer_start(&w->linger, on_linger, LINGER_MS, 0);
+  } else {
+    drain(w);
+  }
   if (atomic_load(&w->stop_requested)) {
     begin_stop(w);
     return;
@@ -399,6 +431,8 @@ static void worker_main(void *arg) {
   uv_timer_init(&w->loop, &w->tick);
   w->tick.data = w;
   uv_timer_start(&w->tick, on_tick, TICK_MS, TICK_MS);
+  uv_timer_init(&w->loop, &w->linger);
+  w->linger.data = w;
   atomic_fetch_add(&w->srv->running, 1);
   uv_sem_post(&w->started);
 

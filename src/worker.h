@@ -65,6 +65,12 @@ typedef struct worker {
   uv_prepare_t prepare;   /* before-sleep: parse stashed input, flush output */
   uv_idle_t idle;         /* active while work is left for the next iteration */
   uv_timer_t tick;        /* timeouts and heartbeats */
+  /* Fan-out linger (worker.c): after a large delivery round, the next
+   * drain of the inbox waits until drain_not_before (uv_hrtime ns), so
+   * events published meanwhile share each subscriber's write. */
+  uv_timer_t linger;
+  uint64_t drain_not_before;
+  unsigned large_round : 1; /* the last drain queued a large round */
   struct runtime *rt;
   app_opts_t app;
   char *readbuf;          /* shared by all connections: reads are consumed at once */
