@@ -29,7 +29,7 @@
  * (some milliseconds of writes) holds the next round back for LINGER_MS
  * after its writes end.  Rounds below it (a latency-bound stream to a few
  * hundred subscribers) go out at once. */
-#define LINGER_MIN_FRAMES 512
+#define LINGER_MIN_FRAMES 256
 #define LINGER_MS 1
 
 static _Thread_local worker_t *tls_worker;

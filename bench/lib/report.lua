@@ -34,8 +34,9 @@ end
 local function fmt(v, digits)
   if v == nil then return "–" end
   if math.type(v) == "integer" or digits == 0 then
-    local s = ("%d"):format(math.floor(v + 0.5))
-    return (s:reverse():gsub("(%d%d%d)(%d)", "%1,%2"):reverse())
+    local s, n = ("%d"):format(math.floor(v + 0.5)), 1
+    while n > 0 do s, n = s:gsub("^(-?%d+)(%d%d%d)", "%1,%2") end
+    return s
   end
   return ("%." .. (digits or 2) .. "f"):format(v)
 end
