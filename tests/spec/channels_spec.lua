@@ -1170,3 +1170,51 @@ describe("channels freed once nothing needs them", function()
     assert.is_nil(ttl_server:exit_status(), "server died:\n" .. ttl_server:log())
   end)
 end)
+
+describe("a delivery round large enough to linger", function()
+  -- 300 subscribers make a round of 300 frames, over the 256 at which the
+  -- next round is held back for a millisecond after the writes.
+  local N = 300
+  local server, client, crowd
+
+  setup(function()
+    server = testing.start(app("channels"))
+    client = testing.client(server)
+  end)
+
+  teardown(function()
+    if crowd then crowd:close() end
+    if server then server:stop() end
+  end)
+
+  it("still delivers what was published during the linger, in order, with nothing published after", function()
+    collectgarbage()
+    crowd = must(testing.crowd(server, N, { path = "/sub?ch=linger", timeout = 30 }))
+    must(crowd:wait(function(c)
+      for _, m in ipairs(c.members) do
+        if not m.body:find("\n\n", 1, true) then return false end
+      end
+      return true
+    end, 30), nil, "subscribed comments")
+    -- One event, then two more a loop turn apart: they land in the linger
+    -- that the first round started, and only its timer can send them.
+    local res = must(client:post("/burst?ch=linger&n=3&tag=t&pause=0.0001&per=1", ""))
+    assert.are.equal(200, res.status)
+    local function complete(m)
+      local a = m.body:find("data: t-1\n\n", 1, true)
+      local b = a and m.body:find("data: t-2\n\n", a, true)
+      return b and m.body:find("data: t-3\n\n", b, true) ~= nil
+    end
+    local ok = crowd:wait(function(c)
+      for _, m in ipairs(c.members) do
+        if not complete(m) then return false end
+      end
+      return true
+    end, 10)
+    local missing = 0
+    for _, m in ipairs(crowd.members) do
+      if not complete(m) then missing = missing + 1 end
+    end
+    assert(ok, ("%d of %d subscribers lack an event or have them out of order"):format(missing, N))
+  end)
+end)
