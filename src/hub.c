@@ -251,20 +251,22 @@ static hub_channel_t *lookup(hub_t *h, const char *name, size_t len, int create)
   return ch;
 }
 
-hub_channel_t *hub_channel_find(hub_t *h, const char *name, size_t len) {
+/* Looks a channel up (making it when create is set) and takes a reference
+ * for the caller; NULL when there is none (or no memory to make it). */
+static hub_channel_t *get_ref(hub_t *h, const char *name, size_t len, int create) {
   uv_mutex_lock(&h->lock);
-  hub_channel_t *ch = lookup(h, name, len, 0);
+  hub_channel_t *ch = lookup(h, name, len, create);
   if (ch != NULL) ref_locked(ch);
   uv_mutex_unlock(&h->lock);
   return ch;
 }
 
+hub_channel_t *hub_channel_find(hub_t *h, const char *name, size_t len) {
+  return get_ref(h, name, len, 0);
+}
+
 hub_channel_t *hub_channel(hub_t *h, const char *name, size_t len) {
-  uv_mutex_lock(&h->lock);
-  hub_channel_t *ch = lookup(h, name, len, 1);
-  if (ch != NULL) ref_locked(ch);
-  uv_mutex_unlock(&h->lock);
-  return ch;
+  return get_ref(h, name, len, 1);
 }
 
 void hub_channel_retain(hub_t *h, hub_channel_t *ch) {

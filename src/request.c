@@ -66,11 +66,19 @@ void req_dispatch(req_t *r) {
   }
 }
 
+/* Frees the head and body bytes of a subscribed stream once neither its
+ * handler nor the parser needs them: the handler has ended and the message
+ * is complete, in whichever order the two came (a subscribing handler
+ * usually returns before its GET is complete: the head is dispatched
+ * first).  Idle subscribers stay small; the url stays readable. */
+static void release_head(req_t *r) {
+  if (r->streaming && r->task == NULL && r->msg.complete && fanout_subscribed(r))
+    http_msg_shrink(&r->msg);
+}
+
 void req_on_message(req_t *r) {
   if (r->streaming && r->conn != NULL) conn_begin_stream(r->conn);
-  /* A subscribing handler usually returns before its GET is complete (the
-   * head is dispatched first): the head bytes go now, not with it. */
-  if (r->streaming && r->task == NULL && fanout_subscribed(r)) http_msg_shrink(&r->msg);
+  release_head(r);
   if (r->wait == REQ_WAIT_BODY && r->waiter != NULL) {
     struct task *t = r->waiter;
     r->waiter = NULL;
@@ -347,12 +355,11 @@ size_t req_queued(const req_t *r) { return r->conn ? r->conn->wq.bytes : 0; }
 void req_handler_done(req_t *r) {
   if (r->streaming) {
     /* A stream with nothing left to feed it ends with its handler; a
-     * subscribed one lives on, fed by the hub, without the request's head
-     * and body bytes (idle subscribers stay small). */
+     * subscribed one lives on, fed by the hub. */
     if (!fanout_subscribed(r))
       req_stream_end(r);
-    else if (r->msg.complete)
-      http_msg_shrink(&r->msg);
+    else
+      release_head(r);
   } else if (!r->responded && r->conn != NULL) {
     log_error("handler for %.*s returned no response", (int)r->path_len, r->msg.raw.p);
     r->keep_alive = 0;

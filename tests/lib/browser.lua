@@ -26,17 +26,7 @@ local browser = {}
 browser.NODE_DIR = root .. "/tests/node"
 browser.CHROMIUM = os.getenv("SLUICE_CHROMIUM") or "/usr/bin/chromium"
 
-local function shell_quote(s)
-  return "'" .. (tostring(s):gsub("'", "'\\''")) .. "'"
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local shell_quote, read_file = testing.shell_quote, testing.read_file
 
 local function exists(path)
   local f = io.open(path)

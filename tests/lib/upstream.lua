@@ -13,17 +13,10 @@ local testing = require "sluice.testing"
 
 local upstream = {}
 
-local function shell_quote(s)
-  return "'" .. (tostring(s):gsub("'", "'\\''")) .. "'"
-end
+local shell_quote = testing.shell_quote
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+-- The file's content, or "" when it cannot be read.
+local function read_file(path) return testing.read_file(path) or "" end
 
 -- Starts `argv` with stdout on a pipe (its first line is {"port":N,...}) and
 -- stderr in a temporary file. Returns { port, pid, pipe, err_path }.

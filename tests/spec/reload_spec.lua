@@ -439,6 +439,25 @@ describe("hot reload", function()
       cleanup(server, ws)
     end)
 
+    -- Makes the folder of `path` (a module file under the app, e.g.
+    -- "lib/x.lua") after the start, the module returning `value`, then an
+    -- app version serving it at "/<module name>"; checks every step
+    -- reloads and the value is served. Returns the route.
+    local function serve_new_module(path, value)
+      local dir, name = path:match("^(.*)/([^/]+)%.lua$")
+      sh("mkdir -p " .. quote(ws:path(dir)))
+      expect_reload(stream) -- the new folder itself
+      ws:save(path, ("return %q\n"):format(value))
+      expect_reload(stream)
+      local module, route = (dir .. "/" .. name):gsub("/", "."), "/" .. name
+      ws:save("app.lua", ws:render("v2", {
+        extra = ("local m = require %q\napp:get(%q, function() return m end)"):format(module, route),
+      }))
+      expect_reload(stream)
+      assert.are.equal(value, get(client, route))
+      return route
+    end
+
     it("sends event: reload after a good save, and new requests get the new code at once", function()
       assert.are.equal("v1", get(client, "/version"))
       ws:save("app.lua", ws:render("v2"))
@@ -512,15 +531,7 @@ describe("hot reload", function()
     end)
 
     it("reloads when a file in a folder made after the start changes", function()
-      sh("mkdir " .. quote(ws:path("lib")))
-      expect_reload(stream) -- the new folder itself
-      ws:save("lib/x.lua", 'return "x1"\n')
-      expect_reload(stream)
-      ws:save("app.lua", ws:render("v2", {
-        extra = 'local x = require "lib.x"\napp:get("/x", function() return x end)',
-      }))
-      expect_reload(stream)
-      assert.are.equal("x1", get(client, "/x"))
+      serve_new_module("lib/x.lua", "x1")
       -- Only the module in the new folder changes.
       ws:save("lib/x.lua", 'return "x2"\n')
       local data = expect_reload(stream)
@@ -533,15 +544,7 @@ describe("hot reload", function()
     end)
 
     it("watches folders two levels deep made at once, and errors there name the file", function()
-      sh("mkdir -p " .. quote(ws:path("lib2/deep")))
-      expect_reload(stream)
-      ws:save("lib2/deep/y.lua", 'return "y1"\n')
-      expect_reload(stream)
-      ws:save("app.lua", ws:render("v2", {
-        extra = 'local y = require "lib2.deep.y"\napp:get("/y", function() return y end)',
-      }))
-      expect_reload(stream)
-      assert.are.equal("y1", get(client, "/y"))
+      serve_new_module("lib2/deep/y.lua", "y1")
       ws:save("lib2/deep/y.lua", 'return "y2"\n')
       expect_reload(stream)
       assert.are.equal("y2", get(client, "/y"))
@@ -556,15 +559,7 @@ describe("hot reload", function()
     end)
 
     it("keeps watching a folder that is removed and made again (a checkout)", function()
-      sh("mkdir " .. quote(ws:path("lib")))
-      expect_reload(stream)
-      ws:save("lib/x.lua", 'return "x1"\n')
-      expect_reload(stream)
-      ws:save("app.lua", ws:render("v2", {
-        extra = 'local x = require "lib.x"\napp:get("/x", function() return x end)',
-      }))
-      expect_reload(stream)
-      assert.are.equal("x1", get(client, "/x"))
+      serve_new_module("lib/x.lua", "x1")
       -- What a checkout does to a folder: gone, then back with new files.
       sh(("rm -rf %s && mkdir %s && printf 'return \"x2\"\\n' > %s"):format(
         quote(ws:path("lib")), quote(ws:path("lib")), quote(ws:path("lib/x.lua"))))
