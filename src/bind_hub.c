@@ -11,9 +11,53 @@
 #include "hub.h"
 #include "lrt.h"
 #include "request.h"
+#include "rhub.h"
+#include "runtime.h"
 #include "worker.h"
 
 static hub_t *get_hub(lua_State *L) { return lrt_get(L)->w->srv->hub; }
+
+/* The worker's link to Redis, or NULL when the hub is in memory. */
+static rhub_t *get_rhub(lua_State *L) { return lrt_get(L)->w->rhub; }
+
+/* Whether channels of this name go through Redis. */
+static int via_redis(lua_State *L, const char *name, size_t len) {
+  return get_rhub(L) != NULL && !rhub_local_channel(name, len);
+}
+
+/* ------------------------------------------------ waiting on Redis */
+
+/* The task ended before Redis answered: the answer finds no one. */
+static void cancel_redis_wait(task_t *t) { rhub_cancel(t->wait_op); }
+
+/* Redis answered: the push function of the waiting task reads res. */
+static void on_redis_done(void *ud, int status, const rhub_result_t *res) {
+  task_t *t = ud;
+  t->wait_op = NULL;
+  t->wait_cancel = NULL;
+  t->wait_result = res;
+  rt_wake(t, status);
+}
+
+/* Yields the task until op ends; push gives the results. */
+static int wait_redis(lua_State *L, task_t *t, rhub_op_t *op, lrt_push_fn push) {
+  t->wait_op = op;
+  t->wait_cancel = cancel_redis_wait;
+  return lrt_yield(L, t, push);
+}
+
+/* Takes the result a wake-up brought; pushes nil, msg for a failure. */
+static const rhub_result_t *take_result(lua_State *co, task_t *t, int status, int *pushed) {
+  const rhub_result_t *res = t->wait_result;
+  t->wait_result = NULL;
+  *pushed = 0;
+  if (status < 0) {
+    luaL_pushfail(co);
+    lua_pushstring(co, res != NULL && res->err != NULL ? res->err : "redis: failed");
+    *pushed = 2;
+  }
+  return res;
+}
 
 /* Checks a channel name argument. */
 static const char *check_channel(lua_State *L, int idx, size_t *len) {
@@ -23,8 +67,14 @@ static const char *check_channel(lua_State *L, int idx, size_t *len) {
 }
 
 /* Reads an id given as a string or an integer: 1 and *id when it is one
- * the hub could have made, 0 otherwise (nil, unknown, malformed). */
+ * the hub could have made, 0 otherwise (nil, unknown, malformed).  With
+ * Redis, ids are stream ids ("MS-SEQ"). */
 static int opt_id(lua_State *L, int idx, uint64_t *id) {
+  if (get_rhub(L) != NULL) {
+    size_t n;
+    const char *s = lua_type(L, idx) == LUA_TSTRING ? lua_tolstring(L, idx, &n) : NULL;
+    return s != NULL && rhub_parse_id(s, n, id);
+  }
   if (lua_isinteger(L, idx)) {
     lua_Integer v = lua_tointeger(L, idx);
     if (v < 0) return 0;
@@ -43,12 +93,22 @@ static void push_id(lua_State *L, uint64_t id) {
   lua_pushlstring(L, buf, (size_t)n);
 }
 
-/* sluice.publish(channel, ev) -> id.  Encodes the event once and hands it
- * to the hub, which numbers it, keeps it in history and posts it to every
- * worker's subscribers. */
+static int push_published(lua_State *co, task_t *t, int status) {
+  int pushed;
+  const rhub_result_t *res = take_result(co, t, status, &pushed);
+  if (pushed) return pushed;
+  lua_pushstring(co, res->id_text);
+  return 1;
+}
+
+/* sluice.publish(channel, ev) -> id, or nil, msg when Redis cannot take
+ * it.  Encodes the event once and hands it to the hub, which numbers it,
+ * keeps it in history and posts it to every worker's subscribers; with
+ * Redis, the task waits for Redis to number and keep it. */
 static int l_publish(lua_State *L) {
   size_t clen;
   const char *cname = check_channel(L, 1, &clen);
+  task_t *t = via_redis(L, cname, clen) ? lrt_current(L, "sluice.publish") : NULL;
   sse_event_t ev;
   lrt_check_event(L, 2, &ev, "sluice.publish");
   if (ev.id != NULL) return luaL_error(L, "sluice.publish: the hub numbers events; leave out field 'id'");
@@ -57,6 +117,18 @@ static int l_publish(lua_State *L) {
    * have put it. */
   size_t id_at = 0;
   if (ev.event != NULL) id_at = (size_t)((char *)memchr(body->data, '\n', body->len) - body->data) + 1;
+  if (t != NULL) {
+    rhub_op_t *op;
+    const char *err;
+    int rc = rhub_publish(get_rhub(L), cname, clen, body, id_at, on_redis_done, t, &op, &err);
+    frame_unref(body);
+    if (rc < 0) {
+      luaL_pushfail(L);
+      lua_pushstring(L, err);
+      return 2;
+    }
+    return wait_redis(L, t, op, push_published);
+  }
   uint64_t id = 0;
   int rc = hub_publish_to(get_hub(L), cname, clen, body, id_at, &id);
   frame_unref(body);
@@ -81,9 +153,19 @@ static const char *channel_arg(lua_State *L, int i, size_t *len) {
   return name != NULL && *len > 0 ? name : NULL;
 }
 
+static int push_subscribed(lua_State *co, task_t *t, int status) {
+  int pushed;
+  const rhub_result_t *res = take_result(co, t, status, &pushed);
+  if (pushed) return pushed;
+  lua_pushinteger(co, res->replayed);
+  lua_pushboolean(co, !res->gap);
+  return 2;
+}
+
 /* stream:subscribe(channel | {channels}, { since = id }) -> replayed count,
  * and true, or false when events after since were no longer retained;
- * nil, "closed" for a gone stream. */
+ * nil, "closed" for a gone stream; with Redis, nil, msg when it is
+ * unavailable. */
 static int l_subscribe(lua_State *L) {
   rhandle_t *h = luaL_checkudata(L, 1, STREAM_MT);
   lua_settop(L, 3); /* the options slot stays 3 whatever we push */
@@ -101,6 +183,17 @@ static int l_subscribe(lua_State *L) {
     n = 1;
     check_channel(L, 2, &len);
   }
+  /* With Redis, node-local channels ("_sluice.*") and shared ones cannot
+   * share a replay. */
+  int redis = 0;
+  for (int i = 0; i < n; i++) {
+    const char *name = channel_arg(L, i, &len);
+    int r = via_redis(L, name, len);
+    if (i > 0 && r != redis)
+      return luaL_argerror(L, 2, "cannot mix _sluice.* channels with others in one subscribe");
+    redis = r;
+  }
+  task_t *t = redis ? lrt_current(L, "stream:subscribe") : NULL;
   uint64_t since = 0;
   int has_since = 0;
   if (!lua_isnoneornil(L, 3)) {
@@ -124,6 +217,22 @@ static int l_subscribe(lua_State *L) {
     const char *name = channel_arg(L, held, &len);
     if ((chs[held] = hub_channel(hub, name, len)) == NULL) break;
     held++;
+  }
+  if (held == n && t != NULL) {
+    rhub_op_t *op;
+    rhub_result_t res;
+    const char *err;
+    int rc = rhub_subscribe(get_rhub(L), r, chs, n, has_since, since, on_redis_done, t, &op, &res, &err);
+    for (int i = 0; i < held; i++) hub_channel_release(hub, chs[i]);
+    if (rc == 0) return wait_redis(L, t, op, push_subscribed);
+    if (rc < 0) {
+      luaL_pushfail(L);
+      lua_pushstring(L, err);
+      return 2;
+    }
+    lua_pushinteger(L, res.replayed);
+    lua_pushboolean(L, !res.gap);
+    return 2;
   }
   if (held == n) got = fanout_subscribe(r, chs, n, has_since, since, &gap);
   for (int i = 0; i < held; i++) hub_channel_release(hub, chs[i]);
@@ -174,6 +283,18 @@ static void push_frame_event(lua_State *L, const frame_t *f) {
     lua_pop(L, 1);
 }
 
+static int push_history(lua_State *co, task_t *t, int status) {
+  int pushed;
+  const rhub_result_t *res = take_result(co, t, status, &pushed);
+  if (pushed) return pushed;
+  lua_createtable(co, (int)res->nevents, 0);
+  for (size_t i = 0; i < res->nevents; i++) {
+    push_frame_event(co, res->events[i].frame);
+    lua_rawseti(co, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
 /* sluice.history(channel, { since = id, limit = n }) -> list of events
  * ({ id, event, data }) retained after since (all when since is absent),
  * oldest first, at most limit of them. */
@@ -195,6 +316,7 @@ static int l_history(lua_State *L) {
     }
     lua_pop(L, 2);
   }
+  task_t *t = via_redis(L, cname, clen) ? lrt_current(L, "sluice.history") : NULL;
   lua_newtable(L);
   if (bad_since) return 1; /* an id we never made: nothing to catch up on */
   if (limit == 0 && !lua_isnoneornil(L, 2)) {
@@ -202,6 +324,17 @@ static int l_history(lua_State *L) {
     int asked = !lua_isnil(L, -1);
     lua_pop(L, 1);
     if (asked) return 1; /* limit = 0: none */
+  }
+  if (t != NULL) {
+    rhub_op_t *op;
+    const char *err;
+    if (rhub_history(get_rhub(L), cname, clen, has_since, since, (size_t)limit, on_redis_done, t,
+                     &op, &err) != 0) {
+      luaL_pushfail(L);
+      lua_pushstring(L, err);
+      return 2;
+    }
+    return wait_redis(L, t, op, push_history);
   }
   /* Reading never creates a channel: names from clients cost nothing.  The
    * reference keeps the channel for the collect; the frames collected
@@ -223,28 +356,38 @@ static int l_history(lua_State *L) {
   return 1;
 }
 
-/* sluice.stats() -> counters of this worker and of the hub. */
+/* Sets t[name] = v on the table at the top. */
+static void set_count(lua_State *L, const char *name, uint64_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, name);
+}
+
+/* sluice.stats() -> counters of this worker and of the hub; with Redis,
+ * its link's in field redis. */
 static int l_stats(lua_State *L) {
   worker_t *w = lrt_get(L)->w;
   hub_stats_t hs;
   hub_get_stats(get_hub(L), &hs);
-  lua_createtable(L, 0, 8);
-  lua_pushinteger(L, w->id);
-  lua_setfield(L, -2, "worker");
-  lua_pushinteger(L, (lua_Integer)w->nconns);
-  lua_setfield(L, -2, "connections");
-  lua_pushinteger(L, (lua_Integer)w->stats.subscribers);
-  lua_setfield(L, -2, "subscribers");
-  lua_pushinteger(L, (lua_Integer)w->stats.delivered);
-  lua_setfield(L, -2, "delivered");
-  lua_pushinteger(L, (lua_Integer)w->stats.slow_drops);
-  lua_setfield(L, -2, "slow_drops");
-  lua_pushinteger(L, (lua_Integer)hs.published);
-  lua_setfield(L, -2, "published");
-  lua_pushinteger(L, (lua_Integer)hs.channels);
-  lua_setfield(L, -2, "channels");
-  lua_pushinteger(L, (lua_Integer)hs.retained);
-  lua_setfield(L, -2, "retained");
+  lua_createtable(L, 0, 9);
+  set_count(L, "worker", (uint64_t)w->id);
+  set_count(L, "connections", w->nconns);
+  set_count(L, "subscribers", w->stats.subscribers);
+  set_count(L, "delivered", w->stats.delivered);
+  set_count(L, "slow_drops", w->stats.slow_drops);
+  set_count(L, "published", hs.published);
+  set_count(L, "channels", hs.channels);
+  set_count(L, "retained", hs.retained);
+  if (w->rhub != NULL) {
+    rhub_stats_t rs;
+    rhub_get_stats(w->rhub, &rs);
+    lua_createtable(L, 0, 4);
+    lua_pushboolean(L, rs.up);
+    lua_setfield(L, -2, "up");
+    set_count(L, "published", rs.published);
+    set_count(L, "received", rs.received);
+    set_count(L, "reconnects", rs.reconnects);
+    lua_setfield(L, -2, "redis");
+  }
   return 1;
 }
 

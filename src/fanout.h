@@ -26,6 +26,9 @@ typedef struct sub {
   struct req *r;
   hub_channel_t *ch;    /* a reference of its own (see hub.h) */
   uint64_t min_id;      /* ids up to here were replayed or came before */
+  /* With Redis: the subscribe whose replay has not been written yet; live
+   * events for this subscription wait in it meanwhile (see rhub.h). */
+  struct rhub_op *pending;
 } sub_t;
 
 /* Subscribes stream r to n channels, which the caller holds references to
@@ -40,6 +43,21 @@ int fanout_subscribe(struct req *r, hub_channel_t **chs, int n, int has_since, u
 /* Removes every subscription of r (it is ending), giving back their
  * channel references. */
 void fanout_unsubscribe_all(struct req *r);
+
+/* Writes into fresh the channels of chs that r does not follow yet, each
+ * once, and returns how many. */
+int fanout_fresh(struct req *r, hub_channel_t **chs, int n, hub_channel_t **fresh);
+
+/* Subscribes r to ch (taking a channel reference of its own), delivering
+ * live events with ids above min_id.  NULL when out of memory. */
+sub_t *fanout_add(struct req *r, hub_channel_t *ch, uint64_t min_id);
+
+/* Removes one subscription, as fanout_unsubscribe_all does for each. */
+void fanout_remove(sub_t *s);
+
+/* Delivers one event of ch to this worker's subscribers of it; returns how
+ * many frames it queued. */
+size_t fanout_deliver(struct worker *w, hub_channel_t *ch, uint64_t id, frame_t *f);
 
 /* Whether r follows any channel. */
 int fanout_subscribed(const struct req *r);

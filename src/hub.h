@@ -55,6 +55,7 @@ typedef struct hub_local {
   list_node_t subs;
   unsigned count;
   uint64_t mark;           /* scratch for the worker (fanout's dedupe) */
+  struct rchan *rc;        /* with Redis: the worker's subscription to it */
 } hub_local_t;
 
 /* A channel: one allocation holding the struct, the per-worker slots and

@@ -32,6 +32,11 @@ struct task {
   struct req *req;        /* the request this task handles, or NULL */
   struct req *wait_req;   /* the request whose body or drain it waits on */
   void *wait_ctx;         /* what else it waits on (a response), or NULL */
+  /* An operation it waits on that must be told when the task ends first
+   * (a Redis command): wait_cancel(t) forgets the task there. */
+  void *wait_op;
+  void (*wait_cancel)(struct task *t);
+  const void *wait_result; /* for the push function, during rt_wake */
   list_node_t fetches;    /* upstream responses it started (bind_fetch.c) */
   lrt_push_fn push;       /* set while waiting */
   list_node_t node;       /* on rt->tasks, or on rt->spare once ended */

@@ -1,7 +1,7 @@
 /*
  * main.c - the command line.
  *
- *   sluice [--host H] [--port P] [--workers N|auto] [--reload] APP_DIR
+ *   sluice [--host H] [--port P] [--workers N|auto] [--reload] [--redis URL] APP_DIR
  */
 #include <errno.h>
 #include <limits.h>
@@ -33,6 +33,9 @@ static const char usage[] =
     "                       (default: the descriptor limit less a reserve)\n"
     "  --header-timeout S   seconds a client has to send a request head (default 10)\n"
     "  --idle-timeout S     seconds a keep-alive connection may idle (default 60)\n"
+    "  --redis URL          share channels and history with other nodes through\n"
+    "                       Redis 7+: redis://[:PASSWORD@]HOST[:PORT][/DB]\n"
+    "                       (default $SLUICE_REDIS; without it, in memory)\n"
     "  --help               print this help and exit\n"
     "  --version            print the version and exit\n";
 
@@ -143,7 +146,7 @@ int main(int argc, char **argv) {
       snprintf(name, sizeof(name), "%s", a);
     }
     static const char *with_value[] = {"--host", "--port", "--workers", "--max-conns",
-                                       "--header-timeout", "--idle-timeout", NULL};
+                                       "--header-timeout", "--idle-timeout", "--redis", NULL};
     int known = 0;
     for (int k = 0; with_value[k]; k++) known |= strcmp(name, with_value[k]) == 0;
     if (!known) die("unknown option '%s'", a);
@@ -165,6 +168,8 @@ int main(int argc, char **argv) {
       cfg.header_timeout = parse_seconds(name, val);
     } else if (strcmp(name, "--idle-timeout") == 0) {
       cfg.idle_timeout = parse_seconds(name, val);
+    } else if (strcmp(name, "--redis") == 0) {
+      cfg.redis_url = val;
     }
   }
   if (!app) die("%s", "no app directory given");
@@ -189,6 +194,17 @@ int main(int argc, char **argv) {
     return 1;
   }
   find_lua_dir(cfg.lua_dir, sizeof(cfg.lua_dir));
+  if (cfg.redis_url == NULL) {
+    const char *env = getenv("SLUICE_REDIS");
+    if (env != NULL && *env) cfg.redis_url = env;
+  }
+  if (cfg.redis_url != NULL) {
+    char err[512];
+    if (rhub_parse_url(cfg.redis_url, &cfg.redis, err, sizeof(err)) != 0) {
+      fprintf(stderr, "sluice: %s\n", err);
+      return 2;
+    }
+  }
 
   long nofile = raise_nofile();
   long cap = nofile - 64 - 16L * cfg.workers; /* listeners, loops, app files */

@@ -82,6 +82,9 @@ static void task_release(task_t *t, int reuse) {
     wr->waiter = NULL;
     wr->wait = REQ_WAIT_NONE;
   }
+  if (t->wait_cancel != NULL) t->wait_cancel(t);
+  t->wait_cancel = NULL;
+  t->wait_op = NULL;
   t->wait_req = NULL;
   t->wait_ctx = NULL;
   t->ended = 1;

@@ -14,6 +14,8 @@
 #include <stdatomic.h>
 #include <sys/socket.h>
 
+#include "rhub.h"
+
 typedef struct server_config {
   const char *host;
   int port;
@@ -24,6 +26,8 @@ typedef struct server_config {
   double idle_timeout;         /* seconds a keep-alive connection may idle */
   char app_dir[PATH_MAX];      /* absolute */
   char lua_dir[PATH_MAX];      /* the project's lua/ folder */
+  const char *redis_url;       /* --redis / SLUICE_REDIS; NULL: in-memory hub */
+  rhub_config_t redis;         /* parsed from redis_url */
 } server_config_t;
 
 typedef struct server {

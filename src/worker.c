@@ -15,6 +15,7 @@
 #include "fanout.h"
 #include "log.h"
 #include "request.h"
+#include "rhub.h"
 #include "runtime.h"
 #include "sse_encode.h"
 
@@ -331,6 +332,9 @@ static void finish(worker_t *w) {
   free(items);
   rt_free(w->rt);
   w->rt = NULL;
+  /* After the VM: no task is left to wake with what it cancels. */
+  if (w->rhub != NULL) rhub_close(w->rhub);
+  w->rhub = NULL;
   uv_walk(&w->loop, close_handle, NULL);
 }
 
@@ -407,6 +411,10 @@ static void worker_main(void *arg) {
     if (w->heartbeat == NULL) rc = -ENOMEM;
   }
   if (rc == 0) hub_attach(w->srv->hub, w->idx, &w->inbox);
+  if (rc == 0 && w->cfg->redis_url != NULL && (w->rhub = rhub_new(w, &w->cfg->redis)) == NULL) {
+    rc = -ENOMEM;
+    snprintf(w->start_error, sizeof(w->start_error), "not enough memory for the Redis link");
+  }
   if (rc == 0) {
     rc = listen_socket(w);
     if (rc) snprintf(w->start_error, sizeof(w->start_error), "cannot listen on %s:%d: %s",
@@ -418,6 +426,8 @@ static void worker_main(void *arg) {
     uv_sem_post(&w->started);
     if (w->rt) rt_free(w->rt);
     w->rt = NULL;
+    if (w->rhub != NULL) rhub_close(w->rhub);
+    w->rhub = NULL;
     uv_walk(&w->loop, close_handle, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     uv_loop_close(&w->loop);

@@ -72,6 +72,7 @@ typedef struct worker {
   uint64_t drain_not_before;
   unsigned large_round : 1; /* the last drain queued a large round */
   struct runtime *rt;
+  struct rhub *rhub;      /* with --redis: this worker's link to Redis */
   app_opts_t app;
   char *readbuf;          /* shared by all connections: reads are consumed at once */
   frame_t *heartbeat;     /* ":\n\n", shared by every stream */

@@ -46,7 +46,8 @@ local function events(req)
 end -- returning keeps the subscribed stream open until the client leaves
 
 --- POST /messages with `{ "user": "...", "text": "..." }` → 202 `{ "id" }`
---- once published; 400 with a JSON error for anything else.
+--- once published; 400 with a JSON error for anything else; 503 when the
+--- hub cannot take it (with `--redis`, while Redis is unavailable).
 ---@param req sluice.Request
 ---@return sluice.Response
 local function post_message(req)
@@ -56,7 +57,8 @@ local function post_message(req)
   if err then sluice.abort(400, err) end
   ---@type chat.Message
   local clean = { user = msg.user, text = msg.text }
-  local id = sluice.publish(CHANNEL, { event = "message", data = clean })
+  local id, err = sluice.publish(CHANNEL, { event = "message", data = clean })
+  if not id then return { status = 503, headers = { ["retry-after"] = "1" }, json = { error = err } } end
   return { status = 202, json = { id = id } }
 end
 
@@ -68,7 +70,10 @@ end
 local function history(req)
   local since = req.query.since
   if since == "" then since = nil end
-  if since and not since:match("^%d+$") then sluice.abort(400, "since must be an event id") end
+  -- Ids are numbers, or Redis stream ids ("1700000000000-0") with --redis.
+  if since and not (since:match("^%d+$") or since:match("^%d+%-%d+$")) then
+    sluice.abort(400, "since must be an event id")
+  end
   local list = sluice.json.array {}
   for _, ev in ipairs(sluice.history(CHANNEL, { since = since })) do
     local msg = sluice.json.decode(ev.data)

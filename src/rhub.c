@@ -1,0 +1,1338 @@
+/* rhub.c - see rhub.h. */
+#include "rhub.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+#include <hiredis/adapters/libuv.h>
+#pragma GCC diagnostic pop
+
+#include "buf.h"
+#include "fanout.h"
+#include "log.h"
+#include "request.h"
+#include "worker.h"
+
+#define SEQ_BITS 22
+#define SEQ_MASK ((UINT64_C(1) << SEQ_BITS) - 1)
+#define CONNECT_TIMEOUT_MS 3000
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 1000
+#define DOWN_LOG_EVERY_MS 30000
+
+/* Redis keys: one stream per channel, and the last id handed out. */
+#define STREAM_PREFIX "sluice:s:"
+#define LAST_KEY "sluice:last"
+
+/* The functions every worker loads (FUNCTION LOAD REPLACE) on connecting.
+ * Redis runs each atomically, so the id, the XADD and the PUBLISH of one
+ * event happen together, in id order for every subscriber.  Their Lua is
+ * Redis's (5.1): numbers are doubles, exact for millisecond clocks. */
+static const char functions_src[] =
+    "#!lua name=sluice_v1\n"
+    "local function split(id)\n"
+    "  local ms, seq = string.match(id, '^(%d+)-(%d+)$')\n"
+    "  return tonumber(ms), tonumber(seq)\n"
+    "end\n"
+    "local function older(a, b)\n"
+    "  local am, as = split(a)\n"
+    "  local bm, bs = split(b)\n"
+    "  return am < bm or (am == bm and as < bs)\n"
+    "end\n"
+    "local function now_ms()\n"
+    "  local t = redis.call('TIME')\n"
+    "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "end\n"
+    /* Ids increase across every channel: Redis's clock, but never at or
+     * below the last id handed out (a clock that steps back, or several
+     * events in one millisecond, count on in SEQ, which stays below 2^22). */
+    "local function next_id(lastkey)\n"
+    "  local ms, seq = now_ms(), 0\n"
+    "  local last = redis.call('GET', lastkey)\n"
+    "  if last then\n"
+    "    local lms, lseq = split(last)\n"
+    "    if ms <= lms then\n"
+    "      ms, seq = lms, lseq + 1\n"
+    "      if seq >= 4194304 then ms, seq = ms + 1, 0 end\n"
+    "    end\n"
+    "  end\n"
+    "  return string.format('%.0f-%d', ms, seq)\n"
+    "end\n"
+    /* KEYS: stream, last id.  ARGV: history, ttl ms, notification
+     * channel, id offset, event bytes.  Returns the id. */
+    "redis.register_function('sluice_v1_publish', function(keys, args)\n"
+    "  local id = next_id(keys[2])\n"
+    "  local history = tonumber(args[1])\n"
+    "  if history > 0 then\n"
+    "    redis.call('XADD', keys[1], 'MAXLEN', '~', history, id, 'at', args[4], 'sse', args[5])\n"
+    "  else\n"
+    "    redis.call('XADD', keys[1], 'MAXLEN', 0, id, 'at', args[4], 'sse', args[5])\n"
+    "  end\n"
+    "  redis.call('SET', keys[2], id)\n"
+    "  local ttl = tonumber(args[2])\n"
+    "  if ttl > 0 then redis.call('PEXPIRE', keys[1], ttl) end\n"
+    "  redis.call('PUBLISH', args[3], id .. ' ' .. args[4] .. ' ' .. args[5])\n"
+    "  return id\n"
+    "end)\n"
+    /* KEYS: last id, then streams.  ARGV: ttl ms, count (0: all), then a
+     * since id per stream ('' for all).  Returns { last id or '', gap,
+     * { id, offset, bytes, ... } per stream }; gap is 1 when an event
+     * after a since may have been trimmed or expired.  Redis does not say
+     * which ids MAXLEN trimmed, only the oldest one left: a since older
+     * than that in a trimmed stream counts as a gap, so a client whose
+     * last event falls between the newest trimmed one and the oldest kept
+     * is told of a gap that did not happen (a needless refetch), and a
+     * real one is never hidden. */
+    "redis.register_function{function_name = 'sluice_v1_read', flags = { 'no-writes' },\n"
+    "  callback = function(keys, args)\n"
+    "  local ttl, count = tonumber(args[1]), tonumber(args[2])\n"
+    "  local cutoff = ttl > 0 and now_ms() - ttl or nil\n"
+    "  local out = { redis.call('GET', keys[1]) or '', 0 }\n"
+    "  for i = 2, #keys do\n"
+    "    local since = args[i + 1]\n"
+    "    local from = since == '' and '-' or '(' .. since\n"
+    "    local range\n"
+    "    if count > 0 then range = redis.call('XRANGE', keys[i], from, '+', 'COUNT', count)\n"
+    "    else range = redis.call('XRANGE', keys[i], from, '+') end\n"
+    "    local flat = {}\n"
+    "    for _, e in ipairs(range) do\n"
+    "      if cutoff and split(e[1]) <= cutoff then\n"
+    "        if since ~= '' then out[2] = 1 end\n"
+    "      else\n"
+    "        flat[#flat + 1] = e[1]; flat[#flat + 1] = e[2][2]; flat[#flat + 1] = e[2][4]\n"
+    "      end\n"
+    "    end\n"
+    "    if since ~= '' then\n"
+    "      if redis.call('EXISTS', keys[i]) == 1 then\n"
+    "        local info, f = redis.call('XINFO', 'STREAM', keys[i]), {}\n"
+    "        for j = 1, #info, 2 do f[info[j]] = info[j + 1] end\n"
+    "        if older(since, f['max-deleted-entry-id']) or\n"
+    "           (f['entries-added'] > f['length'] and older(since, f['recorded-first-entry-id'])) then\n"
+    "          out[2] = 1\n"
+    "        end\n"
+    "      elseif cutoff and split(since) <= cutoff then\n"
+    "        out[2] = 1\n"
+    "      end\n"
+    "    end\n"
+    "    out[#out + 1] = flat\n"
+    "  end\n"
+    "  return out\n"
+    "end}\n";
+
+enum link_state {
+  LINK_DOWN,       /* no connection; the timer makes the next attempt */
+  LINK_CONNECTING, /* connections made, not both up yet (commands queue) */
+  LINK_UP,
+  LINK_FAILING,    /* lost: the timer tears down from a clean stack */
+  LINK_CLOSED      /* rhub_close: for good */
+};
+
+/* One worker's subscription, on its pub/sub connection, to a channel's
+ * notifications: it exists while the channel has subscribers on this
+ * worker (or its UNSUBSCRIBE is not confirmed yet), holding a channel
+ * reference, and is what hiredis hands to on_sub_reply. */
+typedef struct rchan {
+  rhub_t *rh;
+  hub_channel_t *ch;
+  uint64_t last_id;        /* newest event delivered here from this channel */
+  uint64_t base;           /* watermark of its first replay: catch-up from here at least */
+  enum { RC_IDLE, RC_SUBSCRIBING, RC_LIVE, RC_UNSUBSCRIBING } state;
+  unsigned resubscribe : 1; /* subscribers came back while unsubscribing */
+  unsigned in_catchup : 1;  /* its confirmation is awaited by the catch-up */
+  unsigned waiters;         /* subscribe operations waiting for it to be live */
+  list_node_t node;         /* on rh->chans */
+} rchan_t;
+
+enum op_kind { OP_PUBLISH, OP_SUBSCRIBE, OP_HISTORY, OP_CATCHUP };
+
+struct rhub_op {
+  rhub_t *rh;
+  enum op_kind kind;
+  rhub_done_fn done;       /* NULL once cancelled */
+  void *ud;
+  list_node_t node;        /* on rh->waiting or rh->ended */
+  struct req *r;           /* subscribe: the stream, NULL once it left */
+  int n;
+  hub_channel_t **chs;     /* subscribe, catch-up: references of its own */
+  unsigned char *live;     /* subscribe: which of chs are followed live */
+  uint64_t *since;         /* per channel; NULL: no replay */
+  char *name;              /* history: the channel */
+  size_t name_len;
+  size_t limit;
+  unsigned unlive;         /* subscribe: channels not live yet */
+  hub_msg_t *held;         /* subscribe: live events waiting for the replay */
+  size_t nheld, capheld;
+};
+
+struct rhub {
+  worker_t *w;
+  rhub_config_t cfg;
+  redisAsyncContext *cmd, *sub;
+  /* The link is up once Redis took the functions (on cmd) and confirmed
+   * the anchor subscription (on sub): a connection alone may still be
+   * refused its commands (a password, an old Redis). */
+  unsigned functions_ok : 1, anchor_ok : 1;
+  enum link_state state;
+  uv_timer_t timer;        /* connect timeout, teardown, back-off */
+  uv_timer_t defer;        /* ends abandoned operations on a clean stack */
+  int open_handles;        /* of the two above: rh is freed when both closed */
+  uint64_t backoff_ms;
+  uint64_t down_since;     /* loop ms when the link was lost; 0 while up */
+  uint64_t down_logged;    /* loop ms of the last "still down" line */
+  char reason[256];        /* why it went down */
+  char notify_prefix[32];  /* "sluice:DB:n:": pub/sub is not per database */
+  list_node_t chans;       /* every rchan */
+  list_node_t waiting;     /* subscribe operations waiting for confirmations */
+  list_node_t ended;       /* operations to end on the next loop turn */
+  unsigned resub_pending;  /* catch-up: confirmations still to come */
+  int catching_up;         /* live events wait in held for the catch-up read */
+  hub_msg_t *held;         /* with a channel reference each */
+  size_t nheld, capheld;
+  rhub_stats_t stats;
+};
+
+static void send_catchup(rhub_t *rh);
+static void rchan_free(rchan_t *rc);
+static void link_ready(rhub_t *rh);
+
+/* ---------------------------------------------------------------- ids */
+
+int rhub_format_id(uint64_t id, char *buf) {
+  return snprintf(buf, 32, "%llu-%llu", (unsigned long long)(id >> SEQ_BITS),
+                  (unsigned long long)(id & SEQ_MASK));
+}
+
+/* Reads the digits of s[0..n) as a number below limit: 1, or 0. */
+static int parse_num(const char *s, size_t n, uint64_t limit, uint64_t *out) {
+  if (n == 0 || n > 19) return 0;
+  uint64_t v = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] < '0' || s[i] > '9') return 0;
+    v = v * 10 + (uint64_t)(s[i] - '0');
+  }
+  if (v >= limit) return 0;
+  *out = v;
+  return 1;
+}
+
+int rhub_parse_id(const char *s, size_t n, uint64_t *id) {
+  const char *dash = memchr(s, '-', n);
+  if (dash == NULL) return 0;
+  uint64_t ms, seq;
+  if (!parse_num(s, (size_t)(dash - s), UINT64_C(1) << (64 - SEQ_BITS), &ms) ||
+      !parse_num(dash + 1, n - (size_t)(dash - s) - 1, UINT64_C(1) << SEQ_BITS, &seq))
+    return 0;
+  *id = ms << SEQ_BITS | seq;
+  return 1;
+}
+
+int rhub_local_channel(const char *name, size_t len) {
+  return len >= 8 && memcmp(name, "_sluice.", 8) == 0;
+}
+
+int rhub_parse_url(const char *url, rhub_config_t *cfg, char *err, size_t errlen) {
+  memset(cfg, 0, sizeof(*cfg));
+  cfg->port = 6379;
+  const char *p = url;
+  if (strncmp(p, "redis://", 8) != 0) {
+    snprintf(err, errlen, "'%s' is not a redis:// URL (redis://HOST[:PORT][/DB])", url);
+    return -EINVAL;
+  }
+  p += 8;
+  const char *at = strrchr(p, '@');
+  if (at != NULL) {
+    const char *colon = memchr(p, ':', (size_t)(at - p));
+    const char *pw = colon ? colon + 1 : p; /* redis://:PASSWORD@ or redis://PASSWORD@ */
+    size_t n = (size_t)(at - pw);
+    if (n >= sizeof(cfg->password)) {
+      snprintf(err, errlen, "the password in the Redis URL is too long");
+      return -EINVAL;
+    }
+    memcpy(cfg->password, pw, n);
+    p = at + 1;
+  }
+  size_t hl = strcspn(p, ":/");
+  if (hl == 0 || hl >= sizeof(cfg->host)) {
+    snprintf(err, errlen, "no host in the Redis URL '%s'", url);
+    return -EINVAL;
+  }
+  memcpy(cfg->host, p, hl);
+  p += hl;
+  if (*p == ':') {
+    char *end;
+    long port = strtol(p + 1, &end, 10);
+    if (end == p + 1 || port < 1 || port > 65535 || (*end != '\0' && *end != '/')) {
+      snprintf(err, errlen, "bad port in the Redis URL '%s'", url);
+      return -EINVAL;
+    }
+    cfg->port = (int)port;
+    p = end;
+  }
+  if (*p == '/' && p[1] != '\0') {
+    char *end;
+    long db = strtol(p + 1, &end, 10);
+    if (end == p + 1 || *end != '\0' || db < 0 || db > 1000000) {
+      snprintf(err, errlen, "bad database number in the Redis URL '%s'", url);
+      return -EINVAL;
+    }
+    cfg->db = (int)db;
+  } else if (*p != '\0' && strcmp(p, "/") != 0) {
+    snprintf(err, errlen, "cannot read the Redis URL '%s'", url);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------ commands */
+
+/* A command's arguments, built in one arena (offsets until it is sent,
+ * as the arena may move while it grows). */
+typedef struct cmd {
+  buf_t arena;
+  size_t off[64], len[64];
+  size_t *offs, *lens;     /* off/len, or heap arrays past 64 arguments */
+  int argc, cap;
+  int failed;
+} cmd_t;
+
+static void cmd_init(cmd_t *c) {
+  memset(c, 0, sizeof(*c));
+  c->offs = c->off;
+  c->lens = c->len;
+  c->cap = 64;
+}
+
+static void cmd_free(cmd_t *c) {
+  buf_free(&c->arena);
+  if (c->offs != c->off) {
+    free(c->offs);
+    free(c->lens);
+  }
+}
+
+/* Appends an argument made of a prefix and n bytes. */
+static void cmd_add2(cmd_t *c, const char *prefix, const void *p, size_t n) {
+  if (c->failed) return;
+  if (c->argc == c->cap) {
+    int cap = c->cap * 2;
+    size_t *o = malloc((size_t)cap * sizeof(*o)), *l = malloc((size_t)cap * sizeof(*l));
+    if (o == NULL || l == NULL) {
+      free(o);
+      free(l);
+      c->failed = 1;
+      return;
+    }
+    memcpy(o, c->offs, (size_t)c->argc * sizeof(*o));
+    memcpy(l, c->lens, (size_t)c->argc * sizeof(*l));
+    if (c->offs != c->off) {
+      free(c->offs);
+      free(c->lens);
+    }
+    c->offs = o;
+    c->lens = l;
+    c->cap = cap;
+  }
+  size_t start = c->arena.len;
+  if (buf_puts(&c->arena, prefix) != 0 || buf_append(&c->arena, p, n) != 0) {
+    c->failed = 1;
+    return;
+  }
+  c->offs[c->argc] = start;
+  c->lens[c->argc] = c->arena.len - start;
+  c->argc++;
+}
+
+static void cmd_add(cmd_t *c, const char *s) { cmd_add2(c, "", s, strlen(s)); }
+
+static void cmd_addu(cmd_t *c, unsigned long long v) {
+  char num[24];
+  int n = snprintf(num, sizeof(num), "%llu", v);
+  cmd_add2(c, "", num, (size_t)n);
+}
+
+/* Sends the command on ac and frees it: REDIS_OK, or REDIS_ERR when it
+ * could not be built or the connection takes no more commands (then fn is
+ * never called). */
+static int cmd_send(cmd_t *c, redisAsyncContext *ac, redisCallbackFn *fn, void *pd) {
+  int rc = REDIS_ERR;
+  const char *argv[64];
+  const char **av = argv;
+  if (!c->failed && ac != NULL && (c->argc <= 64 || (av = malloc((size_t)c->argc * sizeof(*av))) != NULL)) {
+    for (int i = 0; i < c->argc; i++) av[i] = c->arena.p + c->offs[i];
+    rc = redisAsyncCommandArgv(ac, fn, pd, c->argc, av, c->lens);
+    if (av != argv) free(av);
+  }
+  cmd_free(c);
+  return rc;
+}
+
+/* ---------------------------------------------------------- operations */
+
+static rhub_op_t *op_new(rhub_t *rh, enum op_kind kind, rhub_done_fn done, void *ud) {
+  rhub_op_t *op = calloc(1, sizeof(*op));
+  if (op == NULL) return NULL;
+  op->rh = rh;
+  op->kind = kind;
+  op->done = done;
+  op->ud = ud;
+  list_init(&op->node);
+  return op;
+}
+
+static void msgs_unref(hub_msg_t *m, size_t n) {
+  for (size_t i = 0; i < n; i++) frame_unref(m[i].frame);
+}
+
+/* Appends a message to a growable array: 0, or -ENOMEM. */
+static int msgs_push(hub_msg_t **v, size_t *n, size_t *cap, hub_msg_t m) {
+  if (*n == *cap) {
+    size_t c = *cap ? *cap * 2 : 16;
+    hub_msg_t *nv = realloc(*v, c * sizeof(*nv));
+    if (nv == NULL) return -ENOMEM;
+    *v = nv;
+    *cap = c;
+  }
+  (*v)[(*n)++] = m;
+  return 0;
+}
+
+static void op_free(rhub_op_t *op) {
+  hub_t *hub = op->rh->w->srv->hub;
+  list_remove(&op->node);
+  for (int i = 0; i < op->n; i++) hub_channel_release(hub, op->chs[i]);
+  msgs_unref(op->held, op->nheld);
+  free(op->held);
+  free(op->chs);
+  free(op->live);
+  free(op->since);
+  free(op->name);
+  free(op);
+}
+
+/* Ends op: its callback (unless cancelled), then its memory. */
+static void op_end(rhub_op_t *op, int status, const rhub_result_t *res) {
+  rhub_done_fn done = op->done;
+  op->done = NULL;
+  if (done != NULL) done(op->ud, status, res);
+  op_free(op);
+}
+
+static void op_fail(rhub_op_t *op, int status, const char *why) {
+  rhub_result_t res = {.err = why};
+  op_end(op, status, &res);
+}
+
+void rhub_cancel(rhub_op_t *op) { op->done = NULL; }
+
+void rhub_hold(rhub_op_t *op, hub_channel_t *ch, uint64_t id, frame_t *f) {
+  /* Out of memory, the event is lost to this stream alone; its client
+   * gets it on its next replay. */
+  if (msgs_push(&op->held, &op->nheld, &op->capheld, (hub_msg_t){ch, id, f}) == 0) frame_ref(f);
+}
+
+/* Unties a subscribe operation from its stream's subscriptions, which are
+ * going or staying live without it. */
+static void op_detach_subs(rhub_op_t *op) {
+  if (op->r == NULL) return;
+  for (list_node_t *p = op->r->subs.next; p != &op->r->subs; p = p->next) {
+    sub_t *s = list_entry(p, sub_t, rnode);
+    if (s->pending == op) s->pending = NULL;
+  }
+  op->r = NULL;
+}
+
+/* Removes a failed subscribe's subscriptions from its stream. */
+static void op_unsubscribe(rhub_op_t *op) {
+  struct req *r = op->r;
+  if (r == NULL) return;
+  op->r = NULL;
+  list_node_t *p = r->subs.next;
+  while (p != &r->subs) {
+    sub_t *s = list_entry(p, sub_t, rnode);
+    p = p->next;
+    if (s->pending != op) continue;
+    s->pending = NULL;
+    fanout_remove(s); /* may unsubscribe its channel; never frees op */
+  }
+}
+
+/* Stops a waiting subscribe from counting on its channels' confirmations. */
+static void op_stop_waiting(rhub_op_t *op) {
+  int w = op->rh->w->idx;
+  for (int i = 0; i < op->n; i++) {
+    rchan_t *rc = op->chs[i]->local[w].rc;
+    if (!op->live[i] && rc != NULL && rc->waiters > 0) rc->waiters--;
+  }
+  list_remove(&op->node);
+}
+
+static void on_defer(uv_timer_t *t) {
+  rhub_t *rh = t->data;
+  while (!list_empty(&rh->ended)) {
+    rhub_op_t *op = list_entry(rh->ended.next, rhub_op_t, node);
+    list_remove(&op->node);
+    op_fail(op, UV_EPIPE, "closed");
+  }
+}
+
+/* ---------------------------------------------------------------- frames */
+
+/* The frame of an event: its bytes with "id: ID\n" inserted at offset at.
+ * NULL when at is out of range or memory is short. */
+static frame_t *event_frame(const char *id, size_t idlen, const char *body, size_t len, uint64_t at) {
+  if (at > len) return NULL;
+  frame_t *f = frame_new(len + idlen + 5);
+  if (f == NULL) return NULL;
+  char *p = f->data;
+  memcpy(p, body, at);
+  p += at;
+  memcpy(p, "id: ", 4);
+  memcpy(p + 4, id, idlen);
+  p[4 + idlen] = '\n';
+  p += idlen + 5;
+  memcpy(p, body + at, len - at);
+  return f;
+}
+
+/* Delivers an event of rc's channel unless this worker has delivered it
+ * (or a later one) already. */
+static void deliver(rchan_t *rc, uint64_t id, frame_t *f) {
+  if (id <= rc->last_id) return;
+  rc->last_id = id;
+  fanout_deliver(rc->rh->w, rc->ch, id, f);
+}
+
+/* A notification: "ID OFFSET BYTES". */
+static void on_message(rchan_t *rc, const char *s, size_t n) {
+  rhub_t *rh = rc->rh;
+  rh->stats.received++;
+  const char *sp1 = memchr(s, ' ', n);
+  const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', n - (size_t)(sp1 + 1 - s)) : NULL;
+  uint64_t id, at;
+  if (sp2 == NULL || !rhub_parse_id(s, (size_t)(sp1 - s), &id) ||
+      !parse_num(sp1 + 1, (size_t)(sp2 - sp1 - 1), UINT64_MAX, &at)) {
+    log_warn("redis: unreadable notification on channel '%s' ignored", rc->ch->name);
+    return;
+  }
+  const char *body = sp2 + 1;
+  frame_t *f = event_frame(s, (size_t)(sp1 - s), body, n - (size_t)(body - s), at);
+  if (f == NULL) {
+    log_warn("redis: event %.*s of channel '%s' dropped (bad offset or no memory)",
+             (int)(sp1 - s), s, rc->ch->name);
+    return;
+  }
+  if (rh->catching_up) {
+    /* The catch-up read may or may not hold it: decide once it is in. */
+    if (msgs_push(&rh->held, &rh->nheld, &rh->capheld, (hub_msg_t){rc->ch, id, f}) == 0) {
+      hub_channel_retain(rh->w->srv->hub, rc->ch);
+      return;
+    }
+  } else {
+    deliver(rc, id, f);
+  }
+  frame_unref(f);
+}
+
+/* ----------------------------------------------------------- channels */
+
+/* The notification channel of ch: "sluice:DB:n:NAME". */
+static void cmd_add_notify(cmd_t *c, rhub_t *rh, const hub_channel_t *ch) {
+  cmd_add2(c, rh->notify_prefix, ch->name, ch->name_len);
+}
+
+static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata);
+
+static void rchan_send_subscribe(rchan_t *rc) {
+  cmd_t c;
+  cmd_init(&c);
+  cmd_add(&c, "SUBSCRIBE");
+  cmd_add_notify(&c, rc->rh, rc->ch);
+  /* Refused only while the connection is going down; the channel is
+   * subscribed again on the next one. */
+  if (cmd_send(&c, rc->rh->sub, on_sub_reply, rc) == REDIS_OK) rc->state = RC_SUBSCRIBING;
+}
+
+/* The worker's subscription to ch, made (and its SUBSCRIBE sent) when
+ * there is none.  NULL when out of memory. */
+static rchan_t *rchan_follow(rhub_t *rh, hub_channel_t *ch) {
+  hub_local_t *loc = &ch->local[rh->w->idx];
+  rchan_t *rc = loc->rc;
+  if (rc == NULL) {
+    rc = calloc(1, sizeof(*rc));
+    if (rc == NULL) return NULL;
+    rc->rh = rh;
+    rc->ch = ch;
+    hub_channel_retain(rh->w->srv->hub, ch);
+    loc->rc = rc;
+    list_push_back(&rh->chans, &rc->node);
+  }
+  if (rc->state == RC_IDLE && rh->sub != NULL)
+    rchan_send_subscribe(rc);
+  else if (rc->state == RC_UNSUBSCRIBING)
+    rc->resubscribe = 1;
+  return rc;
+}
+
+static void rchan_free(rchan_t *rc) {
+  rhub_t *rh = rc->rh;
+  list_remove(&rc->node);
+  rc->ch->local[rh->w->idx].rc = NULL;
+  hub_channel_release(rh->w->srv->hub, rc->ch);
+  free(rc);
+}
+
+/* The catch-up no longer waits for rc's confirmation. */
+static void rchan_catchup_done(rchan_t *rc) {
+  if (!rc->in_catchup) return;
+  rc->in_catchup = 0;
+  if (--rc->rh->resub_pending == 0) send_catchup(rc->rh);
+}
+
+/* The channel has no subscriber left on this worker: stop following it. */
+static void rchan_unfollow(rchan_t *rc) {
+  switch (rc->state) {
+    case RC_IDLE:
+      rchan_free(rc);
+      return;
+    case RC_SUBSCRIBING:
+    case RC_LIVE: {
+      cmd_t c;
+      cmd_init(&c);
+      cmd_add(&c, "UNSUBSCRIBE");
+      cmd_add_notify(&c, rc->rh, rc->ch);
+      /* If refused, the connection is going: its end frees rc. */
+      if (cmd_send(&c, rc->rh->sub, NULL, NULL) == REDIS_OK) rc->state = RC_UNSUBSCRIBING;
+      return;
+    }
+    case RC_UNSUBSCRIBING:
+      rc->resubscribe = 0;
+      return;
+  }
+}
+
+static int op_send_read(rhub_op_t *op);
+
+/* rc's SUBSCRIBE is confirmed: events published from now on reach it, so
+ * the reads that waited for it may go. */
+static void rchan_live(rchan_t *rc) {
+  rhub_t *rh = rc->rh;
+  rc->state = RC_LIVE;
+  if (rc->waiters == 0) return;
+  int w = rh->w->idx;
+  list_node_t *p = rh->waiting.next;
+  while (p != &rh->waiting && rc->waiters > 0) {
+    rhub_op_t *op = list_entry(p, rhub_op_t, node);
+    p = p->next;
+    for (int i = 0; i < op->n; i++) {
+      if (op->live[i] || op->chs[i]->local[w].rc != rc) continue;
+      op->live[i] = 1;
+      op->unlive--;
+      rc->waiters--;
+    }
+    if (op->unlive == 0) {
+      list_remove(&op->node);
+      if (op_send_read(op) != 0) {
+        op_unsubscribe(op);
+        op_fail(op, UV_ECONNRESET, "redis: connection lost");
+      }
+    }
+  }
+}
+
+/* Replies on the pub/sub connection for one channel: confirmations,
+ * notifications, and NULL once when the connection ends. */
+static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+  rchan_t *rc = privdata;
+  redisReply *rep = reply;
+  if (rc == NULL) { /* the anchor channel (see link_connect) */
+    rhub_t *rh = ac->data;
+    if (rep != NULL && rep->type == REDIS_REPLY_ARRAY && rep->elements >= 1 &&
+        rep->element[0]->type == REDIS_REPLY_STRING && strcmp(rep->element[0]->str, "subscribe") == 0) {
+      rh->anchor_ok = 1;
+      link_ready(rh);
+    }
+    return;
+  }
+  if (rep == NULL) {
+    rc->state = RC_IDLE;
+    rc->resubscribe = 0;
+    rc->in_catchup = 0;
+    rc->waiters = 0;
+    if (rc->ch->local[rc->rh->w->idx].count == 0) rchan_free(rc);
+    return;
+  }
+  if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
+      rep->element[0]->type != REDIS_REPLY_STRING)
+    return;
+  const char *kind = rep->element[0]->str;
+  if (strcmp(kind, "message") == 0) {
+    if (rep->element[2]->type == REDIS_REPLY_STRING)
+      on_message(rc, rep->element[2]->str, rep->element[2]->len);
+  } else if (strcmp(kind, "subscribe") == 0) {
+    if (rc->state == RC_SUBSCRIBING) rchan_live(rc);
+    rchan_catchup_done(rc);
+  } else if (strcmp(kind, "unsubscribe") == 0) {
+    if (rc->resubscribe && rc->ch->local[rc->rh->w->idx].count > 0) {
+      rc->resubscribe = 0;
+      rc->state = RC_IDLE;
+      rchan_send_subscribe(rc);
+    } else {
+      rchan_free(rc);
+    }
+  }
+}
+
+void rhub_sub_removed(rhub_t *rh, sub_t *s) {
+  rhub_op_t *op = s->pending;
+  if (op != NULL) {
+    op_detach_subs(op);
+    if (list_linked(&op->node)) {
+      /* Not sent yet: end it from the loop, not from inside fanout. */
+      op_stop_waiting(op);
+      list_push_back(&rh->ended, &op->node);
+      uv_timer_start(&rh->defer, on_defer, 0, 0);
+    }
+  }
+  hub_local_t *loc = &s->ch->local[rh->w->idx];
+  if (loc->rc != NULL && loc->count == 0) rchan_unfollow(loc->rc);
+}
+
+/* --------------------------------------------------------------- reads */
+
+static void on_read_reply(redisAsyncContext *ac, void *reply, void *privdata);
+
+/* Sends op's read: the last id, and for each channel with a since the
+ * events after it.  0, or -1 when the connection takes no more commands
+ * (op is left to the caller). */
+static int op_send_read(rhub_op_t *op) {
+  rhub_t *rh = op->rh;
+  int nstreams = op->kind == OP_HISTORY ? 1 : op->since ? op->n : 0;
+  unsigned long long ttl = rh->w->app.history_ttl > 0 ? (unsigned long long)(rh->w->app.history_ttl * 1000) : 0;
+  cmd_t c;
+  cmd_init(&c);
+  cmd_add(&c, "FCALL");
+  cmd_add(&c, "sluice_v1_read");
+  cmd_addu(&c, (unsigned long long)nstreams + 1);
+  cmd_add(&c, LAST_KEY);
+  for (int i = 0; i < nstreams; i++) {
+    if (op->kind == OP_HISTORY)
+      cmd_add2(&c, STREAM_PREFIX, op->name, op->name_len);
+    else
+      cmd_add2(&c, STREAM_PREFIX, op->chs[i]->name, op->chs[i]->name_len);
+  }
+  cmd_addu(&c, ttl);
+  cmd_addu(&c, op->limit);
+  for (int i = 0; i < nstreams; i++) {
+    char id[32] = "";
+    int n = op->since[i] ? rhub_format_id(op->since[i], id) : 0;
+    cmd_add2(&c, "", id, (size_t)n);
+  }
+  return cmd_send(&c, rh->cmd, on_read_reply, op) == REDIS_OK ? 0 : -1;
+}
+
+static int by_id(const void *a, const void *b) {
+  uint64_t x = ((const hub_msg_t *)a)->id, y = ((const hub_msg_t *)b)->id;
+  return x < y ? -1 : x > y;
+}
+
+/* Turns a read's answer into messages (ch from op->chs, NULL for a
+ * history read) in id order: 0 with *watermark and *gap, or -1 when the
+ * answer is not what the function returns. */
+static int read_events(rhub_op_t *op, redisReply *rep, hub_msg_t **out, size_t *nout,
+                       uint64_t *watermark, int *gap) {
+  *out = NULL;
+  *nout = 0;
+  if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 2 || rep->element[0]->type != REDIS_REPLY_STRING ||
+      rep->element[1]->type != REDIS_REPLY_INTEGER)
+    return -1;
+  *watermark = 0;
+  if (rep->element[0]->len > 0 && !rhub_parse_id(rep->element[0]->str, rep->element[0]->len, watermark))
+    return -1;
+  *gap = rep->element[1]->integer != 0;
+  size_t cap = 0;
+  for (size_t k = 2; k < rep->elements; k++) {
+    redisReply *list = rep->element[k];
+    hub_channel_t *ch = op->kind == OP_HISTORY ? NULL : op->chs[k - 2];
+    if (list->type != REDIS_REPLY_ARRAY) continue;
+    for (size_t i = 0; i + 2 < list->elements; i += 3) {
+      redisReply *idr = list->element[i], *atr = list->element[i + 1], *ev = list->element[i + 2];
+      uint64_t id, at;
+      if (idr->type != REDIS_REPLY_STRING || atr->type != REDIS_REPLY_STRING || ev->type != REDIS_REPLY_STRING ||
+          !rhub_parse_id(idr->str, idr->len, &id) || !parse_num(atr->str, atr->len, UINT64_MAX, &at))
+        continue;
+      frame_t *f = event_frame(idr->str, idr->len, ev->str, ev->len, at);
+      if (f == NULL) continue;
+      if (msgs_push(out, nout, &cap, (hub_msg_t){ch, id, f}) != 0) {
+        frame_unref(f);
+        msgs_unref(*out, *nout);
+        free(*out);
+        *out = NULL;
+        *nout = 0;
+        return -1;
+      }
+    }
+  }
+  if (rep->elements > 3) qsort(*out, *nout, sizeof(**out), by_id);
+  return 0;
+}
+
+/* A subscribe's read is in: its replay, then the live events that came
+ * meanwhile and are newer than what the read saw, then live. */
+static void finish_subscribe(rhub_op_t *op, hub_msg_t *evs, size_t n, uint64_t watermark, int gap) {
+  struct req *r = op->r;
+  rhub_result_t res = {0};
+  if (r == NULL) {
+    op_fail(op, UV_EPIPE, "closed");
+    return;
+  }
+  int w = op->rh->w->idx;
+  for (int i = 0; i < op->n; i++) {
+    rchan_t *rc = op->chs[i]->local[w].rc;
+    if (rc != NULL && rc->base == 0) rc->base = watermark;
+  }
+  for (list_node_t *p = r->subs.next; p != &r->subs; p = p->next) {
+    sub_t *s = list_entry(p, sub_t, rnode);
+    if (s->pending != op) continue;
+    s->pending = NULL;
+    s->min_id = watermark;
+  }
+  op->r = NULL;
+  for (size_t i = 0; i < n; i++) req_stream_write(r, evs[i].frame);
+  for (size_t i = 0; i < op->nheld; i++)
+    if (op->held[i].id > watermark) req_stream_write(r, op->held[i].frame);
+  res.replayed = (int)n;
+  res.gap = op->since != NULL && gap;
+  op_end(op, 0, &res);
+}
+
+/* The catch-up read is in: what each channel missed while the link was
+ * down, then what came live meanwhile, each event once. */
+static void finish_catchup(rhub_t *rh, hub_msg_t *evs, size_t n, int gap) {
+  int w = rh->w->idx;
+  rh->catching_up = 0;
+  if (gap) log_warn("redis: events were trimmed from history while this worker was disconnected; "
+                    "some subscribers missed them");
+  for (size_t i = 0; i < n; i++) {
+    rchan_t *rc = evs[i].ch->local[w].rc;
+    if (rc != NULL) deliver(rc, evs[i].id, evs[i].frame);
+  }
+  hub_msg_t *held = rh->held;
+  size_t nheld = rh->nheld;
+  rh->held = NULL;
+  rh->nheld = rh->capheld = 0;
+  for (size_t i = 0; i < nheld; i++) {
+    rchan_t *rc = held[i].ch->local[w].rc;
+    if (rc != NULL) deliver(rc, held[i].id, held[i].frame);
+  }
+  hub_msgs_release(rh->w->srv->hub, held, nheld);
+}
+
+static void on_read_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+  (void)ac;
+  rhub_op_t *op = privdata;
+  rhub_t *rh = op->rh;
+  redisReply *rep = reply;
+  char why[256];
+  hub_msg_t *evs = NULL;
+  size_t n = 0;
+  uint64_t watermark = 0;
+  int gap = 0, status = 0;
+  if (rep == NULL) {
+    status = UV_ECONNRESET;
+    snprintf(why, sizeof(why), "redis: connection lost");
+  } else if (rep->type == REDIS_REPLY_ERROR) {
+    status = UV_EIO;
+    snprintf(why, sizeof(why), "redis: %s", rep->str);
+  } else if (read_events(op, rep, &evs, &n, &watermark, &gap) != 0) {
+    status = UV_EIO;
+    snprintf(why, sizeof(why), "redis: unexpected answer to a read");
+  }
+  if (status != 0) {
+    if (op->kind == OP_SUBSCRIBE) op_unsubscribe(op);
+    if (op->kind == OP_CATCHUP && rep != NULL) log_error("redis: catch-up read failed: %s", why);
+    op_fail(op, status, why);
+    return;
+  }
+  switch (op->kind) {
+    case OP_SUBSCRIBE:
+      finish_subscribe(op, evs, n, watermark, gap);
+      break;
+    case OP_CATCHUP:
+      finish_catchup(rh, evs, n, gap);
+      op_free(op);
+      break;
+    default: {
+      rhub_result_t res = {.events = evs, .nevents = n};
+      op_end(op, 0, &res);
+      break;
+    }
+  }
+  msgs_unref(evs, n);
+  free(evs);
+}
+
+/* Reads, for every channel followed here, what was published after the
+ * last event delivered from it: after a reconnect, the events of the
+ * outage.  Live events wait in rh->held until it is answered. */
+static void send_catchup(rhub_t *rh) {
+  int w = rh->w->idx;
+  int n = 0;
+  for (list_node_t *p = rh->chans.next; p != &rh->chans; p = p->next) n++;
+  rhub_op_t *op = op_new(rh, OP_CATCHUP, NULL, NULL);
+  if (op != NULL && n > 0) {
+    op->chs = malloc((size_t)n * sizeof(*op->chs));
+    op->since = malloc((size_t)n * sizeof(*op->since));
+  }
+  if (op == NULL || (n > 0 && (op->chs == NULL || op->since == NULL))) {
+    if (op != NULL) op_free(op);
+    log_error("redis: no memory for the catch-up read; events of the outage are not delivered");
+    finish_catchup(rh, NULL, 0, 0);
+    return;
+  }
+  for (list_node_t *p = rh->chans.next; p != &rh->chans; p = p->next) {
+    rchan_t *rc = list_entry(p, rchan_t, node);
+    if (rc->ch->local[w].count == 0) continue;
+    hub_channel_retain(rh->w->srv->hub, rc->ch);
+    op->chs[op->n] = rc->ch;
+    op->since[op->n] = rc->last_id > rc->base ? rc->last_id : rc->base;
+    /* A channel that never got an event nor a replay: from now on. */
+    if (op->since[op->n] == 0) op->since[op->n] = 1;
+    op->n++;
+  }
+  /* Refused only while the link is going down: the next one catches up. */
+  if (op_send_read(op) != 0) op_free(op);
+}
+
+/* ----------------------------------------------------------------- link */
+
+static void on_timer(uv_timer_t *t);
+
+/* Notes that the link is lost; the timer tears it down from the loop,
+ * outside hiredis's callbacks. */
+static void link_lost(rhub_t *rh, const char *why) {
+  if (rh->state == LINK_FAILING || rh->state == LINK_DOWN || rh->state == LINK_CLOSED) return;
+  snprintf(rh->reason, sizeof(rh->reason), "%s", why && *why ? why : "connection closed");
+  rh->state = LINK_FAILING;
+  uv_timer_start(&rh->timer, on_timer, 0, 0);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status) {
+  rhub_t *rh = ac->data;
+  if (status != REDIS_OK) {
+    /* hiredis frees ac after this returns. */
+    if (ac == rh->cmd) rh->cmd = NULL;
+    if (ac == rh->sub) rh->sub = NULL;
+    link_lost(rh, ac->errstr);
+    return;
+  }
+}
+
+/* Both connections answered their set-up: the link is up. */
+static void link_ready(rhub_t *rh) {
+  if (!rh->functions_ok || !rh->anchor_ok || rh->state != LINK_CONNECTING) return;
+  rh->state = LINK_UP;
+  uv_timer_stop(&rh->timer);
+  rh->backoff_ms = BACKOFF_MIN_MS;
+  if (rh->down_since != 0) {
+    rh->stats.reconnects++;
+    log_info("redis: connected again to %s:%d after %.1f s", rh->cfg.host, rh->cfg.port,
+             (double)(worker_now(rh->w) - rh->down_since) / 1000);
+  } else {
+    log_info("redis: connected to %s:%d (db %d)", rh->cfg.host, rh->cfg.port, rh->cfg.db);
+  }
+  rh->down_since = 0;
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status) {
+  (void)status;
+  rhub_t *rh = ac->data;
+  if (ac == rh->cmd)
+    rh->cmd = NULL;
+  else if (ac == rh->sub)
+    rh->sub = NULL;
+  else
+    return; /* one we freed ourselves */
+  link_lost(rh, ac->errstr);
+}
+
+/* Answers of the set-up commands (privdata names the command): an error
+ * ends this attempt, with the reason logged once per outage. */
+static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+  redisReply *rep = reply;
+  rhub_t *rh = ac->data;
+  if (rep == NULL) return;
+  const char *what = privdata;
+  if (rep->type == REDIS_REPLY_ERROR) {
+    char why[300];
+    snprintf(why, sizeof(why), "%s: %s%s", what, rep->str,
+             strstr(rep->str, "unknown command") ? " (sluice needs Redis 7 or later)" : "");
+    link_lost(rh, why);
+    return;
+  }
+  if (strcmp(what, "FUNCTION LOAD") == 0) {
+    rh->functions_ok = 1;
+    link_ready(rh);
+  }
+}
+
+static redisAsyncContext *context_new(rhub_t *rh, const char *role) {
+  redisAsyncContext *ac = redisAsyncConnect(rh->cfg.host, rh->cfg.port);
+  if (ac == NULL) {
+    snprintf(rh->reason, sizeof(rh->reason), "out of memory");
+    return NULL;
+  }
+  if (ac->err) {
+    snprintf(rh->reason, sizeof(rh->reason), "%s", ac->errstr);
+    redisAsyncFree(ac);
+    return NULL;
+  }
+  ac->data = rh;
+  cmd_t c;
+  if (redisLibuvAttach(ac, &rh->w->loop) != REDIS_OK) {
+    snprintf(rh->reason, sizeof(rh->reason), "cannot watch the connection");
+    redisAsyncFree(ac);
+    return NULL;
+  }
+  redisAsyncSetConnectCallback(ac, on_connect);
+  redisAsyncSetDisconnectCallback(ac, on_disconnect);
+  if (rh->cfg.password[0] != '\0') {
+    cmd_init(&c);
+    cmd_add(&c, "AUTH");
+    cmd_add(&c, rh->cfg.password);
+    cmd_send(&c, ac, on_setup_reply, "AUTH");
+  }
+  /* Named, so that CLIENT LIST tells an operator whose connection it is. */
+  char name[64];
+  snprintf(name, sizeof(name), "sluice-%d-w%d-%s", (int)getpid(), rh->w->id, role);
+  cmd_init(&c);
+  cmd_add(&c, "CLIENT");
+  cmd_add(&c, "SETNAME");
+  cmd_add(&c, name);
+  cmd_send(&c, ac, on_setup_reply, "CLIENT SETNAME");
+  return ac;
+}
+
+/* Starts a connection attempt: both connections, their set-up, and the
+ * channels followed here subscribed again (then the catch-up read). */
+static void link_connect(rhub_t *rh) {
+  rh->functions_ok = rh->anchor_ok = 0;
+  rh->cmd = context_new(rh, "cmd");
+  rh->sub = rh->cmd ? context_new(rh, "sub") : NULL;
+  rh->state = LINK_CONNECTING;
+  if (rh->cmd == NULL || rh->sub == NULL) {
+    link_lost(rh, rh->reason);
+    return;
+  }
+  cmd_t c;
+  if (rh->cfg.db != 0) {
+    cmd_init(&c);
+    cmd_add(&c, "SELECT");
+    cmd_addu(&c, (unsigned long long)rh->cfg.db);
+    cmd_send(&c, rh->cmd, on_setup_reply, "SELECT");
+  }
+  cmd_init(&c);
+  cmd_add(&c, "FUNCTION");
+  cmd_add(&c, "LOAD");
+  cmd_add(&c, "REPLACE");
+  cmd_add2(&c, "", functions_src, sizeof(functions_src) - 1);
+  cmd_send(&c, rh->cmd, on_setup_reply, "FUNCTION LOAD");
+  /* An anchor subscription that is never dropped: hiredis 0.14 leaves
+   * pub/sub mode when a reply says zero channels are left, even with a
+   * SUBSCRIBE still on its way, and then fails on that SUBSCRIBE's reply. */
+  cmd_init(&c);
+  cmd_add(&c, "SUBSCRIBE");
+  cmd_add2(&c, rh->notify_prefix, "", 0);
+  cmd_send(&c, rh->sub, on_sub_reply, NULL);
+  rh->resub_pending = 0;
+  for (list_node_t *p = rh->chans.next; p != &rh->chans; p = p->next) {
+    rchan_t *rc = list_entry(p, rchan_t, node);
+    rchan_send_subscribe(rc);
+    if (rc->state == RC_SUBSCRIBING) {
+      rc->in_catchup = 1;
+      rh->resub_pending++;
+    }
+  }
+  rh->catching_up = rh->resub_pending > 0;
+  uv_timer_start(&rh->timer, on_timer, CONNECT_TIMEOUT_MS, 0);
+}
+
+/* Closes both connections: operations in flight end with status, the
+ * channels followed here wait (idle) for the next link, subscribes that
+ * waited for a confirmation fail. */
+static void link_teardown(rhub_t *rh, int status, const char *why) {
+  redisAsyncContext *cmd = rh->cmd, *sub = rh->sub;
+  rh->cmd = rh->sub = NULL;
+  rh->functions_ok = rh->anchor_ok = 0;
+  rh->catching_up = 0;
+  rh->resub_pending = 0;
+  /* Their pending callbacks run now, with no reply. */
+  if (cmd != NULL) redisAsyncFree(cmd);
+  if (sub != NULL) redisAsyncFree(sub);
+  hub_msgs_release(rh->w->srv->hub, rh->held, rh->nheld);
+  rh->held = NULL;
+  rh->nheld = rh->capheld = 0;
+  while (!list_empty(&rh->waiting)) {
+    rhub_op_t *op = list_entry(rh->waiting.next, rhub_op_t, node);
+    list_remove(&op->node);
+    op_unsubscribe(op);
+    op_fail(op, status, why);
+  }
+}
+
+static void on_timer(uv_timer_t *t) {
+  rhub_t *rh = t->data;
+  uint64_t now = worker_now(rh->w);
+  switch (rh->state) {
+    case LINK_CONNECTING:
+      link_lost(rh, "timed out connecting");
+      return;
+    case LINK_FAILING:
+      /* Down first, so that what the failures wake cannot start more. */
+      rh->state = LINK_DOWN;
+      if (rh->down_since == 0) {
+        rh->down_since = rh->down_logged = now;
+        log_warn("redis: %s:%d unavailable (%s); publishing fails until it is back, retrying",
+                 rh->cfg.host, rh->cfg.port, rh->reason);
+      } else if (now - rh->down_logged >= DOWN_LOG_EVERY_MS) {
+        rh->down_logged = now;
+        log_warn("redis: %s:%d still unavailable after %.0f s (%s)", rh->cfg.host, rh->cfg.port,
+                 (double)(now - rh->down_since) / 1000, rh->reason);
+      }
+      link_teardown(rh, UV_ECONNRESET, "redis: connection lost");
+      uv_timer_start(&rh->timer, on_timer, rh->backoff_ms, 0);
+      rh->backoff_ms = rh->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : rh->backoff_ms * 2;
+      return;
+    case LINK_DOWN:
+      link_connect(rh);
+      return;
+    default:
+      return;
+  }
+}
+
+/* ----------------------------------------------------------------- API */
+
+rhub_t *rhub_new(worker_t *w, const rhub_config_t *cfg) {
+  rhub_t *rh = calloc(1, sizeof(*rh));
+  if (rh == NULL) return NULL;
+  rh->w = w;
+  rh->cfg = *cfg;
+  snprintf(rh->notify_prefix, sizeof(rh->notify_prefix), "sluice:%d:n:", cfg->db);
+  list_init(&rh->chans);
+  list_init(&rh->waiting);
+  list_init(&rh->ended);
+  uv_timer_init(&w->loop, &rh->timer);
+  uv_timer_init(&w->loop, &rh->defer);
+  rh->timer.data = rh->defer.data = rh;
+  rh->open_handles = 2;
+  rh->backoff_ms = BACKOFF_MIN_MS;
+  link_connect(rh);
+  return rh;
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  rhub_t *rh = h->data;
+  if (--rh->open_handles == 0) free(rh);
+}
+
+void rhub_close(rhub_t *rh) {
+  rh->state = LINK_CLOSED;
+  uv_timer_stop(&rh->timer);
+  link_teardown(rh, UV_ECANCELED, "redis: closing");
+  on_defer(&rh->defer);
+  while (!list_empty(&rh->chans)) rchan_free(list_entry(rh->chans.next, rchan_t, node));
+  uv_close((uv_handle_t *)&rh->timer, on_handle_closed);
+  uv_close((uv_handle_t *)&rh->defer, on_handle_closed);
+}
+
+int rhub_usable(const rhub_t *rh) {
+  return rh->state == LINK_UP || rh->state == LINK_CONNECTING;
+}
+
+static void on_publish_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+  (void)ac;
+  rhub_op_t *op = privdata;
+  redisReply *rep = reply;
+  char why[256];
+  rhub_result_t res = {0};
+  int status = 0;
+  if (rep == NULL) {
+    status = UV_ECONNRESET;
+    res.err = "redis: connection lost";
+  } else if (rep->type == REDIS_REPLY_ERROR) {
+    status = UV_EIO;
+    snprintf(why, sizeof(why), "redis: %s", rep->str);
+    res.err = why;
+  } else if (rep->type != REDIS_REPLY_STRING || !rhub_parse_id(rep->str, rep->len, &res.id)) {
+    status = UV_EIO;
+    res.err = "redis: unexpected answer to a publish";
+  } else {
+    res.id_text = rep->str;
+    op->rh->stats.published++;
+  }
+  op_end(op, status, &res);
+}
+
+int rhub_publish(rhub_t *rh, const char *name, size_t len, const frame_t *body, size_t id_at,
+                 rhub_done_fn done, void *ud, rhub_op_t **opp, const char **err) {
+  if (!rhub_usable(rh)) {
+    *err = "redis: not connected";
+    return UV_ENOTCONN;
+  }
+  rhub_op_t *op = op_new(rh, OP_PUBLISH, done, ud);
+  if (op == NULL) {
+    *err = "not enough memory";
+    return UV_ENOMEM;
+  }
+  const app_opts_t *app = &rh->w->app;
+  cmd_t c;
+  cmd_init(&c);
+  cmd_add(&c, "FCALL");
+  cmd_add(&c, "sluice_v1_publish");
+  cmd_add(&c, "2");
+  cmd_add2(&c, STREAM_PREFIX, name, len);
+  cmd_add(&c, LAST_KEY);
+  cmd_addu(&c, app->history);
+  cmd_addu(&c, app->history_ttl > 0 ? (unsigned long long)(app->history_ttl * 1000) : 0);
+  cmd_add2(&c, rh->notify_prefix, name, len);
+  cmd_addu(&c, id_at);
+  cmd_add2(&c, "", body->data, body->len);
+  if (cmd_send(&c, rh->cmd, on_publish_reply, op) != REDIS_OK) {
+    op_free(op);
+    *err = "redis: connection lost";
+    return UV_ECONNRESET;
+  }
+  *opp = op;
+  return 0;
+}
+
+int rhub_subscribe(rhub_t *rh, struct req *r, hub_channel_t **chs, int n, int has_since,
+                   uint64_t since, rhub_done_fn done, void *ud, rhub_op_t **opp,
+                   rhub_result_t *res, const char **err) {
+  memset(res, 0, sizeof(*res));
+  if (!rhub_usable(rh)) {
+    *err = "redis: not connected";
+    return UV_ENOTCONN;
+  }
+  *err = "not enough memory";
+  hub_channel_t **fresh = malloc((size_t)(n > 0 ? n : 1) * sizeof(*fresh));
+  if (fresh == NULL) return UV_ENOMEM;
+  int k = fanout_fresh(r, chs, n, fresh);
+  int all_live = 1, i;
+  for (i = 0; i < k; i++) {
+    rchan_t *rc = rchan_follow(rh, fresh[i]);
+    if (rc == NULL) break;
+    if (rc->state != RC_LIVE) all_live = 0;
+  }
+  rhub_op_t *op = NULL;
+  if (i == k && !(!has_since && all_live && !rh->catching_up)) {
+    op = op_new(rh, OP_SUBSCRIBE, done, ud);
+    if (op != NULL) {
+      op->chs = malloc((size_t)(k > 0 ? k : 1) * sizeof(*op->chs));
+      op->live = calloc((size_t)(k > 0 ? k : 1), 1);
+      op->since = has_since ? malloc((size_t)(k > 0 ? k : 1) * sizeof(*op->since)) : NULL;
+      if (op->chs == NULL || op->live == NULL || (has_since && op->since == NULL)) {
+        op_free(op);
+        op = NULL;
+      }
+    }
+    if (op == NULL) i = -1;
+  }
+  if (i != k) {
+    /* Out of memory: channels followed for this call alone are let go. */
+    for (int j = 0; j < k; j++) {
+      hub_local_t *loc = &fresh[j]->local[rh->w->idx];
+      if (loc->rc != NULL && loc->count == 0) rchan_unfollow(loc->rc);
+    }
+    free(fresh);
+    return UV_ENOMEM;
+  }
+  int w = rh->w->idx;
+  if (op == NULL) {
+    /* Live already and nothing to replay: follow from the last event this
+     * worker delivered on each channel. */
+    for (i = 0; i < k; i++)
+      if (fanout_add(r, fresh[i], fresh[i]->local[w].rc->last_id) == NULL) break;
+    free(fresh);
+    if (i != k) return UV_ENOMEM;
+    return 1;
+  }
+  op->r = r;
+  for (i = 0; i < k; i++) {
+    rchan_t *rc = fresh[i]->local[w].rc;
+    hub_channel_retain(rh->w->srv->hub, fresh[i]);
+    op->chs[op->n] = fresh[i];
+    if (op->since) op->since[op->n] = since;
+    op->live[op->n] = rc->state == RC_LIVE;
+    op->n++;
+    if (rc->state != RC_LIVE) {
+      op->unlive++;
+      rc->waiters++;
+    }
+    /* Nothing live reaches it before its replay (see rhub_hold). */
+    sub_t *s = fanout_add(r, fresh[i], UINT64_MAX);
+    if (s == NULL) break;
+    s->pending = op;
+  }
+  free(fresh);
+  if (i != k) {
+    op_stop_waiting(op);
+    op_unsubscribe(op);
+    op_free(op);
+    return UV_ENOMEM;
+  }
+  if (op->unlive > 0) {
+    list_push_back(&rh->waiting, &op->node);
+  } else if (op_send_read(op) != 0) {
+    op_unsubscribe(op);
+    op_free(op);
+    *err = "redis: connection lost";
+    return UV_ECONNRESET;
+  }
+  *opp = op;
+  return 0;
+}
+
+int rhub_history(rhub_t *rh, const char *name, size_t len, int has_since, uint64_t since,
+                 size_t limit, rhub_done_fn done, void *ud, rhub_op_t **opp, const char **err) {
+  if (!rhub_usable(rh)) {
+    *err = "redis: not connected";
+    return UV_ENOTCONN;
+  }
+  rhub_op_t *op = op_new(rh, OP_HISTORY, done, ud);
+  if (op != NULL) {
+    op->name = malloc(len + 1);
+    op->since = malloc(sizeof(*op->since));
+  }
+  if (op == NULL || op->name == NULL || op->since == NULL) {
+    if (op != NULL) op_free(op);
+    *err = "not enough memory";
+    return UV_ENOMEM;
+  }
+  memcpy(op->name, name, len);
+  op->name[len] = '\0';
+  op->name_len = len;
+  op->since[0] = has_since ? since : 0;
+  op->limit = limit;
+  if (op_send_read(op) != 0) {
+    op_free(op);
+    *err = "redis: connection lost";
+    return UV_ECONNRESET;
+  }
+  *opp = op;
+  return 0;
+}
+
+void rhub_get_stats(const rhub_t *rh, rhub_stats_t *out) {
+  *out = rh->stats;
+  out->up = rh->state == LINK_UP;
+}
