@@ -5,6 +5,10 @@
 ---     build/sluice apps/chat       # then open http://127.0.0.1:8080/ in two tabs
 ---     curl -N http://127.0.0.1:8080/events
 ---     curl -d '{"user":"ann","text":"hi"}' http://127.0.0.1:8080/messages
+---
+--- Unchanged, it runs on several nodes sharing one Redis: start each with
+--- `--redis redis://HOST:6379`, and a message posted to any node reaches
+--- the pages open on every node.
 local sluice = require "sluice"
 
 local app = sluice.app { history = 1000, heartbeat = 15, retry = 2000 }
