@@ -2,7 +2,8 @@
  * sluice-loadgen: a load client for Server-Sent Events servers.
  *
  *   fanout   N subscribers stream GET <sub-path>; M keep-alive publishers POST
- *            K events carrying a send timestamp to <pub-path>; reports
+ *            K events carrying a send timestamp to <pub-path> (on --pub-port,
+ *            which may be another node of the same channels); reports
  *            deliveries per second, complete subscribers and the
  *            publish-to-receive latency of every delivery.
  *   latency  the same run, named for use with --rate.
@@ -405,7 +406,7 @@ typedef struct {
   int mode;
   const char *mode_name;
   char host[64];
-  int port;
+  int port, pub_port; /* pub_port: where publishers connect (default: port) */
   const char *sub_path, *pub_path;
   uint32_t subs, pubs, channels, size, sources, window, retries;
   uint64_t events, cycles;
@@ -417,7 +418,7 @@ typedef struct {
 static struct {
   config_t cfg;
   uv_loop_t *loop;
-  struct sockaddr_in dst;
+  struct sockaddr_in dst, pub_dst;
   struct sockaddr_in *src;
   char **sub_req;
   size_t *sub_req_len;
@@ -1201,7 +1202,7 @@ static void pub_start(pub_t *p) {
   p->tcp.data = p;
   p->creq.data = p;
   uv_tcp_nodelay(&p->tcp, 1);
-  rc = uv_tcp_connect(&p->creq, &p->tcp, (const struct sockaddr *)&g.dst, pub_connected);
+  rc = uv_tcp_connect(&p->creq, &p->tcp, (const struct sockaddr *)&g.pub_dst, pub_connected);
   if (rc < 0) {
     p->state = P_IDLE;
     pub_close(p, rc);
@@ -1560,7 +1561,8 @@ static void report(void) {
     return;
   }
   if (c->json) {
-    printf("{\"mode\":\"%s\",\"host\":\"%s\",\"port\":%d,", c->mode_name, c->host, c->port);
+    printf("{\"mode\":\"%s\",\"host\":\"%s\",\"port\":%d,\"pub_port\":%d,", c->mode_name, c->host,
+           c->port, c->pub_port);
     printf("\"sub_path\":");
     json_str(c->sub_path);
     printf(",\"pub_path\":");
@@ -1606,7 +1608,9 @@ static void report(void) {
   }
   printf("mode           %s\n", c->mode_name);
   printf("target         %s:%d  sub %s", c->host, c->port, c->sub_path);
-  if (fan)
+  if (fan && c->pub_port != c->port)
+    printf("  pub :%d%s", c->pub_port, c->pub_path);
+  else if (fan)
     printf("  pub %s", c->pub_path);
   printf("  channels %u  sources %u\n", c->channels, c->sources);
   printf("subscribers    %u open of %u (max %u), %u failed; connect errors %" PRIu64
@@ -1669,6 +1673,8 @@ static void usage(FILE *f) {
       "options:\n"
       "  -H, --host ADDR          server address in 127.0.0.0/8 (default 127.0.0.1)\n"
       "  -p, --port PORT          server port (default 8080)\n"
+      "      --pub-port PORT      port the publishers connect to (default: --port),\n"
+      "                           e.g. another node sharing channels with the first\n"
       "      --sub-path PATH      subscriber path; %d becomes the channel index\n"
       "                           (default /sub?ch=bench%d)\n"
       "      --pub-path PATH      publisher path; %d as above\n"
@@ -1802,6 +1808,7 @@ static void parse_args(int argc, char **argv) {
   enum {
     O_SUB = 256,
     O_PUB,
+    O_PUB_PORT,
     O_PLAIN,
     O_SETTLE,
     O_LINGER,
@@ -1819,6 +1826,7 @@ static void parse_args(int argc, char **argv) {
                                        {"port", required_argument, NULL, 'p'},
                                        {"sub-path", required_argument, NULL, O_SUB},
                                        {"pub-path", required_argument, NULL, O_PUB},
+                                       {"pub-port", required_argument, NULL, O_PUB_PORT},
                                        {"channels", required_argument, NULL, 'c'},
                                        {"subs", required_argument, NULL, 'n'},
                                        {"pubs", required_argument, NULL, 'm'},
@@ -1853,6 +1861,7 @@ static void parse_args(int argc, char **argv) {
     case 'p': c->port = (int)num_arg("--port", optarg, 1, 65535); break;
     case O_SUB: c->sub_path = optarg; break;
     case O_PUB: c->pub_path = optarg; break;
+    case O_PUB_PORT: c->pub_port = (int)num_arg("--pub-port", optarg, 1, 65535); break;
     case 'c': c->channels = (uint32_t)num_arg("--channels", optarg, 1, 1000000); break;
     case 'n': c->subs = (uint32_t)num_arg("--subs", optarg, 0, 10000000); break;
     case 'm': c->pubs = (uint32_t)num_arg("--pubs", optarg, 1, 10000); break;
@@ -1888,6 +1897,8 @@ static void parse_args(int argc, char **argv) {
     fprintf(stderr, "sluice-loadgen: unexpected argument '%s'\n", argv[optind]);
     exit(2);
   }
+  if (c->pub_port == 0)
+    c->pub_port = c->port;
   if (c->channels > c->subs && c->subs > 0 && c->mode == MODE_IDLE)
     c->channels = c->subs;
   if (c->mode == MODE_CHURN) /* one slot per cycle in flight; slots are reused */
@@ -1937,6 +1948,8 @@ static int setup(void) {
     fprintf(stderr, "sluice-loadgen: --host must be an IPv4 address in 127.0.0.0/8: %s\n", c->host);
     return -1;
   }
+  g.pub_dst = g.dst;
+  g.pub_dst.sin_port = htons((uint16_t)c->pub_port);
   if (c->sources > 1) {
     g.src = calloc(c->sources, sizeof *g.src);
     if (!g.src)
@@ -1974,7 +1987,7 @@ static int setup(void) {
     snprintf(buf, sizeof buf,
              "POST %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: sluice-loadgen\r\n"
              "Content-Type: %s\r\n",
-             path, c->host, c->port, c->plain ? "text/plain" : "application/json");
+             path, c->host, c->pub_port, c->plain ? "text/plain" : "application/json");
     g.pub_prefix[ch] = strdup(buf);
     if (!g.sub_req[ch] || !g.pub_prefix[ch])
       return -1;
@@ -2051,8 +2064,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "sluice-loadgen: %s %s:%d, %u subscribers", c->mode_name, c->host, c->port,
             c->subs);
     if (c->mode != MODE_IDLE)
-      fprintf(stderr, ", %u publishers, %" PRIu64 " events of %u bytes, rate %s", c->pubs,
-              c->events, c->size, c->rate > 0 ? "fixed" : "open");
+      fprintf(stderr, ", %u publishers (port %d), %" PRIu64 " events of %u bytes, rate %s",
+              c->pubs, c->pub_port, c->events, c->size, c->rate > 0 ? "fixed" : "open");
     fprintf(stderr, ", %u channel(s), nofile %" PRIu64 "%s\n", c->channels, g.nofile,
             c->cpu >= 0 ? ", pinned" : "");
   }

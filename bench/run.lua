@@ -6,11 +6,12 @@
 --- Servers run pinned to CPU 0, the load client (build/sluice-loadgen, wrk)
 --- to CPU 1, so a server's cost is read from the kernel's own accounting of
 --- its process (utime+stime, PSS) and holds on a noisy shared machine.
---- Scenarios: fanout, idle, latency, held, route, proxy, workers, reload.
+--- Scenarios: fanout, idle, latency, held, route, proxy, workers, nodes, reload.
 --- Writes DIR/latest.json, DIR/latest.md (the tables README quotes) and,
 --- when gnuplot is installed, DIR/latest.png; DIR defaults to bench/results.
 --- Peers that are not installed are skipped and say so (`make bench`
---- installs them: nginx with nchan and Lua, Node, wrk, gnuplot).
+--- installs them: nginx with nchan and Lua, Node, wrk, gnuplot; `make deps`
+--- installs redis-server, which the nodes scenario needs).
 local root = os.getenv("SLUICE_ROOT") or (((arg and arg[0] or ""):match("^(.*)/bench/[^/]*$")) or ".")
 package.path = ("%s/bench/lib/?.lua;%s/lua/?.lua;%s/lua/?/init.lua;%s/tests/lib/?.lua;")
   :format(root, root, root, root) .. package.path
@@ -20,12 +21,13 @@ local peers = require "peers"
 local loadgen = require "loadgen"
 local report = require "report"
 local json = require "dkjson"
+local testing = require "sluice.testing"
 
 -- ------------------------------------------------------------------ options
 
 local USAGE = [[
 usage: lua5.4 bench/run.lua [--quick] [--only SCENARIO,...] [--out DIR]
-scenarios: fanout idle latency held route proxy workers reload
+scenarios: fanout idle latency held route proxy workers nodes reload
 ]]
 
 local opts = { quick = os.getenv("QUICK") == "1", out = root .. "/bench/results" }
@@ -52,6 +54,8 @@ local SIZE = {
   route   = { seconds = Q and 2 or 5, connections = 50, repeats = Q and 1 or 3 },
   proxy   = { samples = Q and 100 or 300, tokens = Q and 50000 or 200000, streams = Q and 1 or 3 },
   workers = { subs = 1000, pubs = 8, events = Q and 500 or 2000 },
+  nodes   = { subs = 1000, pubs = 4, events = Q and 500 or 2000, repeats = Q and 1 or 3,
+              latency = { subs = 100, pubs = 1, rate = 200, events = Q and 400 or 2000 } },
   reload  = { saves = Q and 10 or 50 },
 }
 
@@ -185,11 +189,13 @@ local function fanout_run(server, port, size, extra)
   local cpu = server:cpu() - cpu0
   return {
     received = r.received, expected = r.expected, complete = r.complete, subs = r.subs, pubs = r.pubs,
+    published = r.published, publish_per_s = r.publish_per_s, extra = r.extra, stopped_by = r.stopped_by,
     failed = r.subs_failed + r.pub_errors + r.pub_http_errors + r.protocol_errors,
     deliveries_per_s = r.deliveries_per_s,
     server_cpu_s = cpu,
     us_per_delivery = r.received > 0 and cpu * 1e6 / r.received or nil,
     p50_ms = (r.latency_us.p50 or 0) / 1e3, p99_ms = (r.latency_us.p99 or 0) / 1e3,
+    max_ms = (r.latency_us.max or 0) / 1e3,
   }
 end
 
@@ -466,6 +472,240 @@ function scenarios.workers()
   return result
 end
 
+-- sluice.stats() of the node on `port` (the fan-out app's GET /stats), or
+-- nil when it does not answer.
+---@param port integer
+---@return table?
+local function node_stats(port)
+  local res = testing.client(port):get("/stats", { timeout = 5 })
+  if not res or res.status ~= 200 then return nil end
+  return (res:json())
+end
+
+-- A free port that is none of `taken`.
+---@param taken integer[]
+---@return integer
+local function other_port(taken)
+  while true do
+    local port, clash = proc.free_port(), false
+    for _, t in ipairs(taken) do clash = clash or t == port end
+    if not clash then return port end
+  end
+end
+
+-- Starts a Redis of its own and two sluice nodes sharing channels through
+-- it, the fan-out app on each, all pinned to the server CPU: node B on
+-- `port` (the subscribers' side), node A on a port of its own (the
+-- publishers'). Returns once both nodes' links to Redis are up, as a
+-- bench.Group (stopping B, A, then Redis) with `pub_port` set to A's.
+---@param port integer
+---@return bench.Group
+local function start_pair(port)
+  local started = {} -- newest first, the order to stop them in
+  local function start(name, member_port, fn)
+    local p, why = fn()
+    if not p then error(why, 0) end
+    table.insert(started, 1, { name = name, proc = p, port = member_port })
+  end
+  local group = proc.group(started)
+  local ok, err = pcall(function()
+    local redis_port = other_port { port }
+    start("redis-server", nil, function() return peers.redis(env, redis_port) end)
+    local url = ("redis://127.0.0.1:%d"):format(redis_port)
+    group.pub_port = other_port { port, redis_port }
+    start("node A", group.pub_port, function()
+      return peers.sluice(env, group.pub_port, "bench/apps/fanout", { redis = url, name = "sluice node A" })
+    end)
+    start("node B", port, function()
+      return peers.sluice(env, port, "bench/apps/fanout", { redis = url, name = "sluice node B" })
+    end)
+    local deadline = proc.now() + 10
+    for _, m in ipairs(started) do
+      while m.port and not ((node_stats(m.port) or {}).redis or {}).up do
+        if proc.now() > deadline then error(m.name .. ": no link to Redis after 10 s:\n" .. m.proc:output(), 0) end
+        proc.sleep(0.05)
+      end
+    end
+  end)
+  if not ok then
+    group:stop()
+    error(err, 0)
+  end
+  return group
+end
+
+-- What a node counted between two sluice.stats() samples: its deliveries
+-- and slow drops, and with Redis the events it published through it, those
+-- it received from it and its reconnects.
+---@param before table
+---@param after table
+---@return table
+local function stats_delta(before, after)
+  local rb, ra = before.redis or {}, after.redis or {}
+  return {
+    delivered = after.delivered - before.delivered,
+    slow_drops = after.slow_drops - before.slow_drops,
+    redis_published = ra.published and ra.published - rb.published,
+    redis_received = ra.received and ra.received - rb.received,
+    redis_reconnects = ra.reconnects and ra.reconnects - rb.reconnects,
+    redis_up = ra.up,
+  }
+end
+
+-- One run against a node pair (or a lone node, `server` a bench.Proc):
+-- subscribers on `port`, publishers on the pair's node A. What fanout_run
+-- measures, plus the CPU of each process, what each node counted
+-- meanwhile, the deliveries lost (expected, not received) and `anomalies`:
+-- counts that do not add up (events lost or duplicated on the way).
+---@param server bench.Proc|bench.Group
+---@param port integer
+---@param size { subs: integer, pubs: integer, events: integer }
+---@param extra? table   more loadgen options (rate)
+---@return table
+local function nodes_run(server, port, size, extra)
+  local members = server.members or { { name = "node", proc = server, port = port } }
+  local function sample()
+    local s = {}
+    for i, m in ipairs(members) do s[i] = { stats = m.port and node_stats(m.port), cpu = m.proc:cpu() } end
+    return s
+  end
+  local lg = { ["pub-port"] = server.pub_port }
+  for k, v in pairs(extra or {}) do lg[k] = v end
+  local before = sample()
+  local r = fanout_run(server, port, size, lg)
+  local after = sample()
+  r.rate, r.cpu_s, r.counted, r.anomalies = lg.rate, {}, {}, {}
+  for i, m in ipairs(members) do
+    r.cpu_s[m.name] = after[i].cpu - before[i].cpu
+    if before[i].stats and after[i].stats then r.counted[m.name] = stats_delta(before[i].stats, after[i].stats) end
+  end
+  r.lost = r.expected - r.received + (r.extra or 0)
+  local function expect(what, got, want)
+    if got ~= want then r.anomalies[#r.anomalies + 1] = ("%s: %s, expected %s"):format(what, got, want) end
+  end
+  expect("deliveries lost", r.lost, 0)
+  expect("deliveries duplicated", r.extra, 0)
+  expect("subscribers complete", r.complete, r.subs)
+  local a, b = r.counted["node A"], r.counted["node B"]
+  if a and b then
+    expect("node A published through Redis", a.redis_published, r.published)
+    expect("node B received from Redis", b.redis_received, a.redis_published)
+    expect("node A received from Redis", a.redis_received, 0)
+    expect("node B deliveries", b.delivered, r.received)
+    expect("reconnects to Redis", (a.redis_reconnects or 0) + (b.redis_reconnects or 0), 0)
+  end
+  local node = r.counted.node or b
+  if node then expect("slow drops", node.slow_drops, 0) end
+  return r
+end
+
+-- What redis-server logs as warnings at every start and stop.
+local REDIS_ROUTINE = { "Redis is starting", "Redis version=", "Configuration loaded", "Server initialized",
+  "overcommit", "Received SIGTERM", "User requested shutdown", "ready to exit" }
+
+-- The lines worth reading in what a process of the scenario logged:
+-- sluice's warnings and errors and its "redis:" lines but the first
+-- connect; redis-server's warnings ("#") but the routine ones.
+---@param name string   the member's name ("redis-server" or a node's)
+---@param text string   what it logged
+---@return string[]
+local function notable(name, text)
+  local out = {}
+  for line in text:gmatch("[^\n]+") do
+    local keep
+    if name == "redis-server" then
+      keep = line:match("^%d+:%a %d+ %a+ %d+ [%d:.]+ # ") ~= nil
+      for _, routine in ipairs(REDIS_ROUTINE) do keep = keep and not line:find(routine, 1, true) end
+    else
+      keep = line:match("^%S+ warn ") or line:match("^%S+ error ")
+        or (line:find(" redis: ", 1, true) and not line:find(" redis: connected to ", 1, true))
+    end
+    if keep then out[#out + 1] = line end
+  end
+  return out
+end
+
+-- Adds the notable lines of each of `members` to `log` (name -> lines),
+-- at most 30 per process; a line that comes again but for its time stamp
+-- is kept once, with how many times it came ("(x200)").
+---@param log table<string, string[]>
+---@param members bench.Member[]
+local function collect_log(log, members)
+  for _, m in ipairs(members) do
+    local lines, seen, count = {}, {}, {}
+    local stamp = m.name == "redis-server" and "^%d+:%a %d+ %a+ %d+ [%d:.]+ " or "^%S+ "
+    for _, line in ipairs(notable(m.name, m.proc:output())) do
+      local what = line:gsub(stamp, "")
+      if not seen[what] and #lines < 30 then
+        lines[#lines + 1] = line
+        seen[what] = #lines
+      end
+      count[what] = (count[what] or 0) + 1
+    end
+    for what, i in pairs(seen) do
+      if count[what] > 1 then lines[i] = ("%s (x%d)"):format(lines[i], count[what]) end
+    end
+    local all = log[m.name] or {}
+    log[m.name] = table.move(lines, 1, #lines, #all + 1, all)
+  end
+end
+
+-- Prints one run of the nodes scenario, with the CPU per delivery of each
+-- process of a pair, and what did not add up.
+local function show_nodes_run(name, i, r)
+  local split = {}
+  for _, who in ipairs { "node A", "node B", "redis-server" } do
+    if r.cpu_s[who] then
+      split[#split + 1] = ("%s %.2f"):format(who:gsub("^node ", ""), r.cpu_s[who] * 1e6 / math.max(r.received, 1))
+    end
+  end
+  say("  %-12s run %d: %d/%d delivered, %.0f/s, %.2f us CPU per delivery%s, p50 %.2f ms, p99 %.2f ms, max %.1f ms",
+    name, i, r.received, r.expected, r.deliveries_per_s, r.us_per_delivery or 0,
+    #split > 0 and " (" .. table.concat(split, ", ") .. ")" or "", r.p50_ms, r.p99_ms, r.max_ms)
+  for _, a in ipairs(r.anomalies) do say("  %-12s   ! %s", "", a) end
+end
+
+--- Nodes: two sluice nodes (one worker each) sharing channels through a
+--- Redis of their own, all three on the server CPU; subscribers on node B,
+--- publishers on node A. The fan-out and the latency runs across the pair,
+--- interleaved with the same runs on one node with the in-memory hub.
+function scenarios.nodes()
+  local size, lat = SIZE.nodes, SIZE.nodes.latency
+  say("nodes: fan-out %d subscribers x %d events, %d publishers, %d interleaved rounds; "
+    .. "latency %d subscribers, %d events/s, %d events; subscribers on node B, publishers on node A",
+    size.subs, size.events, size.pubs, size.repeats, lat.subs, lat.rate, lat.events)
+  local members = {} -- every process started, for their logs
+  local list = {
+    { name = "one node", start = function(port)
+        local node = peers.sluice(env, port, "bench/apps/fanout")
+        members[#members + 1] = { name = "one node", proc = node }
+        return node
+      end },
+    { name = "two nodes", start = function(port)
+        local pair = start_pair(port)
+        table.move(pair.members, 1, #pair.members, #members + 1, members)
+        return pair
+      end },
+  }
+  local result = { log = {} }
+  result.fanout = interleaved(list, size.repeats, function(server, port)
+    return nodes_run(server, port, size)
+  end, "us_per_delivery", show_nodes_run)
+  collect_log(result.log, members)
+  members = {}
+  say("  latency: %d subscribers, %d events/s", lat.subs, lat.rate)
+  result.latency = interleaved(list, 1, function(server, port)
+    return nodes_run(server, port, lat, { rate = lat.rate })
+  end, "p99_ms", show_nodes_run)
+  collect_log(result.log, members)
+  for _, name in ipairs { "one node", "node A", "node B", "redis-server" } do
+    local lines = result.log[name] or {}
+    if #lines > 0 then say("  %s logged:", name) end
+    for _, line in ipairs(lines) do say("    %s", line) end
+  end
+  return result
+end
+
 --- Reload: save -> new code answering, with bench/reload_latency.lua.
 function scenarios.reload()
   local n = SIZE.reload.saves
@@ -480,7 +720,7 @@ end
 
 -- ---------------------------------------------------------------------- run
 
-local ORDER = { "fanout", "idle", "latency", "held", "route", "proxy", "workers", "reload" }
+local ORDER = { "fanout", "idle", "latency", "held", "route", "proxy", "workers", "nodes", "reload" }
 local wanted = {}
 if opts.only then
   for name in opts.only:gmatch("[^,%s]+") do

@@ -12,19 +12,49 @@ local peers = {}
 ---@field cpu string        CPUs the servers are pinned to
 ---@field tmp string        a scratch folder for the run
 
---- sluice with `app` (a folder under the root), `workers` workers (default 1).
+--- sluice with `app` (a folder under the root), `workers` workers (default
+--- 1), sharing its channels through the Redis at `redis` (a redis:// URL)
+--- when given.
 ---@param env bench.Env
 ---@param port integer
 ---@param app string
----@param opts? { workers?: integer, env?: table<string,string>, cpu?: string }
+---@param opts? { workers?: integer, env?: table<string,string>, cpu?: string, redis?: string, name?: string }
 ---@return bench.Proc
 function peers.sluice(env, port, app, opts)
   opts = opts or {}
+  -- No access log, as the nginx peers run with access_log off.
+  local argv = { env.bin, "--host", "127.0.0.1", "--port", tostring(port),
+                 "--workers", tostring(opts.workers or 1), "--access-log", "off" }
+  if opts.redis then
+    argv[#argv + 1] = "--redis"
+    argv[#argv + 1] = opts.redis
+  end
+  argv[#argv + 1] = env.root .. "/" .. app
   return proc.spawn {
-    name = "sluice", cpu = opts.cpu or env.cpu, port = port, env = opts.env,
-    argv = { env.bin, "--host", "127.0.0.1", "--port", tostring(port),
-             "--workers", tostring(opts.workers or 1), env.root .. "/" .. app },
+    name = opts.name or "sluice", cpu = opts.cpu or env.cpu, port = port, env = opts.env, argv = argv,
   }
+end
+
+local REDIS = "/usr/bin/redis-server"
+
+--- redis-server on 127.0.0.1:port for sluice's --redis, holding nothing on
+--- disk (no RDB snapshot, no append-only file; its working directory is a
+--- folder of its own under the scratch folder). Stop it with SIGTERM.
+---@param env bench.Env
+---@param port integer
+---@return bench.Proc?
+---@return string? why
+function peers.redis(env, port)
+  if not proc.read(REDIS) then return nil, "redis-server is not installed" end
+  local dir = ("%s/redis-%d"):format(env.tmp, port)
+  os.execute("mkdir -p " .. proc.quote(dir))
+  local ok, p = pcall(proc.spawn, {
+    name = "redis-server", cpu = env.cpu, port = port, cwd = dir,
+    argv = { REDIS, "--bind", "127.0.0.1", "--port", tostring(port), "--dir", dir,
+             "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes" },
+  })
+  if not ok then return nil, p end
+  return p
 end
 
 local NGINX = "/usr/sbin/nginx"

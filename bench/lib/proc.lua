@@ -180,12 +180,13 @@ function Proc:memory()
   return m
 end
 
---- What the process wrote so far.
+--- What the process wrote so far (after :stop, all it wrote).
 ---@return string
-function Proc:output() return proc.read(self.log) or "" end
+function Proc:output() return proc.read(self.log) or self.final_output or "" end
 
 --- Stops the process: SIGTERM, then SIGKILL after `grace` seconds (default
---- 3), waiting until it is gone; removes its log. Safe to call twice.
+--- 3), waiting until it is gone; removes its log, keeping its content for
+--- :output(). Safe to call twice.
 ---@param grace? number
 function Proc:stop(grace)
   if not self.pid then return end
@@ -196,8 +197,40 @@ function Proc:stop(grace)
     for _, pid in ipairs(self:tree()) do os.execute(("kill -KILL %d 2>/dev/null"):format(pid)) end
     while self:alive() do proc.sleep(0.02) end
   end
+  self.final_output = proc.read(self.log)
   os.remove(self.log)
   self.pid = nil
+end
+
+---@class bench.Member
+---@field name string     what it is, for messages ("node A")
+---@field proc bench.Proc
+---@field port? integer   its HTTP port, when it is a sluice node
+
+---@class bench.Group
+---@field members bench.Member[]
+local Group = {}
+Group.__index = Group
+
+--- Several processes measured as one server (sluice nodes and their Redis):
+--- :cpu() is the sum of theirs, :stop() stops them in the order given.
+---@param members bench.Member[]
+---@return bench.Group
+function proc.group(members)
+  return setmetatable({ members = members }, Group)
+end
+
+--- CPU seconds of every member together (see Proc:cpu).
+---@return number
+function Group:cpu()
+  local total = 0
+  for _, m in ipairs(self.members) do total = total + m.proc:cpu() end
+  return total
+end
+
+--- Stops every member, in the order given. Safe to call twice.
+function Group:stop()
+  for _, m in ipairs(self.members) do m.proc:stop() end
 end
 
 return proc

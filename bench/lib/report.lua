@@ -26,6 +26,7 @@ function report.machine()
     nginx_lua = package("libnginx-mod-http-lua"),
     node = proc.have("node") and version("node --version") or nil,
     wrk = package("wrk"),
+    redis = package("redis-server"),
   }
 end
 
@@ -127,7 +128,58 @@ local function rows(r)
   return list
 end
 
---- The results as markdown: the machine, then one table.
+-- The section of the nodes scenario: two sluice nodes sharing channels
+-- through Redis next to one node with the in-memory hub, as lines of
+-- markdown (none when the scenario did not run).
+local function nodes_section(r)
+  local n = r.scenarios.nodes
+  if type(n) ~= "table" or not (n.fanout or n.latency) then return {} end
+  local m = r.machine
+  local one, two = "one node", "two nodes"
+  local fan, lat = n.fanout or {}, n.latency or {}
+  local out = {
+    "",
+    ("Two nodes sharing channels through Redis (`--redis`, redis-server %s, no persistence): node A and node B, "
+      .. "one worker each, and Redis all pinned to the server core; subscribers on node B, publishers on node A. "
+      .. "Next to it, the same runs on one node with the in-memory hub. Server CPU is that of every process "
+      .. "(A + B + Redis). Node A answers a publish once Redis has it, whatever B's backlog, so in the "
+      .. "fan-out B delivers events queued up ahead of it: see its publish→receive time."):format(m.redis or "–"),
+    "",
+    "| Scenario | Measure | one node (in-memory hub) | two nodes via Redis | two nodes vs one |",
+    "|---|---|---:|---:|---:|",
+  }
+  -- one row: the two values and their ratio (two / one)
+  local function row(scenario, measure, a, b, digits)
+    local times = a and b and a > 0 and ("%.2f×"):format(b / a) or "–"
+    out[#out + 1] = ("| %s | %s | %s | %s | %s |"):format(scenario, measure, fmt(a, digits), fmt(b, digits), times)
+  end
+  local subs, events = get(fan, two, "subs") or get(fan, one, "subs"), get(fan, two, "expected") or get(fan, one, "expected")
+  local title = subs and events and subs > 0 and ("Fan-out %s subs × %s events, %d publishers"):format(
+    fmt(subs, 0), fmt(events // subs, 0), get(fan, two, "pubs") or get(fan, one, "pubs") or 0) or "Fan-out"
+  row(title, "events published per second", get(fan, one, "publish_per_s"), get(fan, two, "publish_per_s"), 0)
+  row("", "deliveries per second", get(fan, one, "deliveries_per_s"), get(fan, two, "deliveries_per_s"), 0)
+  row("", "server CPU µs per delivery", get(fan, one, "us_per_delivery"), get(fan, two, "us_per_delivery"))
+  row("", "publish→receive p99 ms", get(fan, one, "p99_ms"), get(fan, two, "p99_ms"))
+  row("", "deliveries lost + duplicated", get(fan, one, "lost") and get(fan, one, "lost") + (get(fan, one, "extra") or 0),
+    get(fan, two, "lost") and get(fan, two, "lost") + (get(fan, two, "extra") or 0), 0)
+  local lsubs, rate = get(lat, two, "subs") or get(lat, one, "subs"), get(lat, two, "rate") or get(lat, one, "rate")
+  local ltitle = lsubs and rate and ("Latency, %s subs at %s events/s"):format(fmt(lsubs, 0), fmt(rate, 0)) or "Latency"
+  row(ltitle, "publish→receive p50 ms", get(lat, one, "p50_ms"), get(lat, two, "p50_ms"))
+  row("", "publish→receive p99 ms", get(lat, one, "p99_ms"), get(lat, two, "p99_ms"))
+  local cpu, received = get(fan, two, "cpu_s"), get(fan, two, "received")
+  if cpu and received and received > 0 then
+    local parts = {}
+    for _, who in ipairs { "node A", "node B", "redis-server" } do
+      if cpu[who] then parts[#parts + 1] = ("%s %s"):format(who, fmt(cpu[who] * 1e6 / received)) end
+    end
+    out[#out + 1] = ""
+    out[#out + 1] = "Server CPU µs per delivery of the two-node fan-out, by process: " .. table.concat(parts, ", ") .. "."
+  end
+  return out
+end
+
+--- The results as markdown: the machine, the table of sluice and its peers,
+--- then the nodes scenario's own table when it ran.
 ---@param r table
 ---@return string
 function report.markdown(r)
@@ -138,10 +190,13 @@ function report.markdown(r)
     ("Peers: nginx %s with nchan %s / Lua module %s / proxy_pass; Node %s (node:http, the tutorial style)."):format(
       m.nginx or "–", m.nchan or "–", m.nginx_lua or "–", m.node or "–"),
     "",
-    "| Scenario | Measure | sluice | nginx (nchan, Lua, proxy_pass) | Node | sluice vs best peer | Target | Met |",
-    "|---|---|---:|---:|---:|---:|---|---|",
   }
-  for _, row in ipairs(rows(r)) do
+  local list = rows(r)
+  if #list > 0 then
+    out[#out + 1] = "| Scenario | Measure | sluice | nginx (nchan, Lua, proxy_pass) | Node | sluice vs best peer | Target | Met |"
+    out[#out + 1] = "|---|---|---:|---:|---:|---:|---|---|"
+  end
+  for _, row in ipairs(list) do
     local mine = row[3]
     local met = ""
     if row.met and mine then met = row.met(mine) and "yes" or "**no**" end
@@ -149,6 +204,8 @@ function report.markdown(r)
       fmt(mine, row.digits), fmt(row[4], row.digits), fmt(row[5], row.digits),
       row.noratio and "–" or ratio(mine, { row[4], row[5] }, row.lower), row.target or "", met)
   end
+  local nodes = nodes_section(r)
+  table.move(nodes, 1, #nodes, #out + 1, out)
   return table.concat(out, "\n") .. "\n"
 end
 
