@@ -22,7 +22,9 @@ NODE_DIR  := tests/node
 # Node from DEPS), wrk, and gnuplot for the chart.
 DEPS_BENCH := nginx libnginx-mod-nchan libnginx-mod-http-lua wrk gnuplot-nox
 
-.PHONY: all deps deps-e2e build run test e2e test-asan clean fuzz fuzz-build test-fuzz bench
+PREFIX    ?= /usr/local
+
+.PHONY: all deps deps-e2e build run test e2e test-asan clean fuzz fuzz-build test-fuzz bench install
 
 all: build
 
@@ -40,6 +42,12 @@ $(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package-lock.json $(NOD
 build:
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(TYPE) $(CMAKE_EXTRA) >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
+
+# Builds, then installs PREFIX/bin/sluice, the Lua library and the demo apps
+# under PREFIX/share/sluice (DESTDIR=... stages it, as cmake --install does).
+install: CMAKE_EXTRA += -DCMAKE_INSTALL_PREFIX=$(PREFIX)
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
 
 run: deps build
 	$(BUILD)/sluice --port $(PORT) $(APP)

@@ -166,6 +166,7 @@ int luaopen_sluice_core(lua_State *L) {
   luaL_newlib(L, fns);
   bind_http_open(L);
   bind_hub_open(L);
+  bind_admin_open(L);
   bind_fetch_open(L);
   bind_json_open(L);
   lua_setfield(L, -2, "json");

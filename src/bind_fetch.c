@@ -57,6 +57,7 @@ typedef struct lfetch {
   char last_id[256];         /* relay: the id last written downstream */
   size_t last_id_len;
   int has_last_id;
+  uint64_t t0;               /* uv_hrtime at the start, for time to first byte */
 } lfetch_t;
 
 /* ------------------------------------------------------------- plumbing */
@@ -65,8 +66,8 @@ static lfetch_t *check_res(lua_State *L, int idx) { return luaL_checkudata(L, id
 
 /* Ends the transfer (if it runs) and detaches from the owner task. */
 static void lf_abort(lfetch_t *lf) {
+  lf->closed = 1; /* first: an abort is not an upstream error (on_fetch) */
   if (lf->f != NULL && !fetch_done(lf->f)) fetch_abort(lf->f);
-  lf->closed = 1;
   list_remove(&lf->node);
   lf->owner = NULL;
   if (lf->relay_h != NULL && lf->relay_h->r != NULL) lf->relay_h->r->on_drain = NULL;
@@ -137,9 +138,25 @@ static void wake(lfetch_t *lf, enum fetch_event ev) {
 
 static void relay_step(lfetch_t *lf);
 
+/* Counts an upstream transfer's head arriving, or its failure, for the
+ * metrics. */
+static void count_fetch(lfetch_t *lf, fetch_t *f, enum fetch_event ev) {
+  worker_t *w = lf->rt->w;
+  if (ev == FETCH_HEADERS) {
+    uint64_t us = (uv_hrtime() - lf->t0) / 1000;
+    int i = 0;
+    while (i < WORKER_TTFB_BUCKETS - 1 && (double)us / 1e6 > worker_ttfb_bounds[i]) i++;
+    if ((double)us / 1e6 <= worker_ttfb_bounds[i]) STAT_ADD(w, ttfb_buckets[i], 1);
+    STAT_ADD(w, ttfb_count, 1);
+    STAT_ADD(w, ttfb_us, us);
+  } else if (ev == FETCH_DONE && fetch_error(f) != NULL && !lf->closed) {
+    STAT_ADD(w, upstream_errors, 1);
+  }
+}
+
 static void on_fetch(fetch_t *f, enum fetch_event ev, void *ud) {
-  (void)f;
   lfetch_t *lf = ud;
+  count_fetch(lf, f, ev);
   if (lf->relaying) relay_step(lf);
   if (ev == FETCH_DATA && lf->waiter == NULL && lf->owner == NULL && lf->drain) {
     size_t n;
@@ -271,7 +288,10 @@ static int l_fetch(lua_State *L) {
   list_init(&lf->node);
   luaL_setmetatable(L, RESPONSE_MT);
   char err[256];
+  lf->t0 = uv_hrtime();
+  STAT_ADD(rt->w, upstream_requests, 1);
   if (fetch_start(m, &o, on_fetch, lf, &lf->f, err, sizeof(err)) != 0) {
+    STAT_ADD(rt->w, upstream_errors, 1);
     luaL_pushfail(L);
     lua_pushstring(L, err);
     return 2;

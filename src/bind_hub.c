@@ -371,21 +371,19 @@ static int l_stats(lua_State *L) {
   lua_createtable(L, 0, 9);
   set_count(L, "worker", (uint64_t)w->id);
   set_count(L, "connections", w->nconns);
-  set_count(L, "subscribers", w->stats.subscribers);
-  set_count(L, "delivered", w->stats.delivered);
-  set_count(L, "slow_drops", w->stats.slow_drops);
+  set_count(L, "subscribers", STAT_GET(w, subscribers));
+  set_count(L, "delivered", STAT_GET(w, delivered));
+  set_count(L, "slow_drops", STAT_GET(w, slow_drops));
   set_count(L, "published", hs.published);
   set_count(L, "channels", hs.channels);
   set_count(L, "retained", hs.retained);
   if (w->rhub != NULL) {
-    rhub_stats_t rs;
-    rhub_get_stats(w->rhub, &rs);
     lua_createtable(L, 0, 4);
-    lua_pushboolean(L, rs.up);
+    lua_pushboolean(L, STAT_GET(w, redis_up) != 0);
     lua_setfield(L, -2, "up");
-    set_count(L, "published", rs.published);
-    set_count(L, "received", rs.received);
-    set_count(L, "reconnects", rs.reconnects);
+    set_count(L, "published", STAT_GET(w, redis_published));
+    set_count(L, "received", STAT_GET(w, redis_received));
+    set_count(L, "reconnects", STAT_GET(w, redis_reconnects));
     lua_setfield(L, -2, "redis");
   }
   return 1;

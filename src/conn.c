@@ -315,6 +315,7 @@ void conn_flush(conn_t *c) {
       return;
     }
     wq_consume(&c->wq, (size_t)w);
+    STAT_ADD(c->w, bytes_out, w);
     if ((size_t)w < total) {
       /* The socket is full: hand the rest to libuv, which writes it when
        * the socket turns writable.  The frames stay referenced by the
@@ -349,6 +350,7 @@ static void on_write(uv_write_t *wr, int status) {
     return;
   }
   wq_consume(&c->wq, c->inflight);
+  STAT_ADD(c->w, bytes_out, c->inflight);
   c->inflight = 0;
   if (c->wq.bytes > 0) worker_mark_pending(c->w, c);
   else after_drain(c);

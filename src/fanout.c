@@ -44,7 +44,7 @@ sub_t *fanout_add(req_t *r, hub_channel_t *ch, uint64_t min_id) {
   list_push_back(&loc->subs, &s->node);
   loc->count++;
   list_push_back(&r->subs, &s->rnode);
-  w->stats.subscribers++;
+  STAT_ADD(w, subscribers, 1);
   return s;
 }
 
@@ -90,7 +90,7 @@ void fanout_remove(sub_t *s) {
   list_remove(&s->rnode);
   list_remove(&s->node);
   s->ch->local[w->idx].count--;
-  w->stats.subscribers--;
+  STAT_ADD(w, subscribers, -1);
   /* Redis follows the channel for this worker while it has subscribers. */
   if (w->rhub != NULL) rhub_sub_removed(w->rhub, s);
   /* Off this worker's list first: the release may free the channel. */
@@ -108,7 +108,7 @@ int fanout_subscribed(const req_t *r) { return !list_empty(&r->subs); }
  * sleeps, never inside a delivery loop. */
 static void drop_slow(worker_t *w, req_t *r, size_t queued) {
   r->slow = 1;
-  w->stats.slow_drops++;
+  STAT_ADD(w, slow_drops, 1);
   char addr[64] = "?";
   req_remote_addr(r, addr, sizeof(addr));
   log_warn("slow subscriber %s dropped: %zu bytes queued (max_queue %zu)", addr, queued,
@@ -137,7 +137,7 @@ size_t fanout_deliver(worker_t *w, hub_channel_t *ch, uint64_t id, frame_t *f) {
       continue;
     }
     if (req_stream_write(r, f) == 0) {
-      w->stats.delivered++;
+      STAT_ADD(w, delivered, 1);
       queued_frames++;
     }
   }

@@ -9,35 +9,84 @@
 #include <unistd.h>
 
 static enum log_level min_level = LOG_INFO;
+static int json; /* set once at startup, before any worker runs */
 static _Thread_local char thread_name[16] = "main";
 
 void log_set_level(enum log_level level) { min_level = level; }
 
+void log_set_json(int on) { json = on; }
+
+int log_is_json(void) { return json; }
+
 void log_set_thread_name(const char *name) {
   snprintf(thread_name, sizeof(thread_name), "%s", name);
+}
+
+size_t log_timestamp(char *out) {
+  struct timeval tv;
+  gettimeofday(&tv, NULL);
+  struct tm tm;
+  gmtime_r(&tv.tv_sec, &tm);
+  int n = snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                   (int)(tv.tv_usec / 1000));
+  return n > 0 ? (size_t)n : 0;
+}
+
+size_t log_json_escape(char *out, size_t cap, const char *s, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    char esc = c == '"' ? '"' : c == '\\' ? '\\' : c == '\n' ? 'n' : c == '\t' ? 't' : c == '\r' ? 'r' : 0;
+    size_t need = esc ? 2 : c < 0x20 || c == 0x7f ? 6 : 1;
+    if (o + need > cap) break;
+    if (esc) {
+      out[o++] = '\\';
+      out[o++] = esc;
+    } else if (need == 6) {
+      memcpy(out + o, "\\u00", 4);
+      out[o + 4] = hex[c >> 4];
+      out[o + 5] = hex[c & 15];
+      o += 6;
+    } else {
+      out[o++] = (char)c;
+    }
+  }
+  return o;
 }
 
 void log_write(enum log_level level, const char *fmt, ...) {
   static const char *names[] = {"debug", "info", "warn", "error"};
   if (level < min_level) return;
 
-  char line[8192];
-  struct timeval tv;
-  gettimeofday(&tv, NULL);
-  struct tm tm;
-  gmtime_r(&tv.tv_sec, &tm);
-  int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s [%s] ",
-                   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                   tm.tm_sec, (int)(tv.tv_usec / 1000), names[level], thread_name);
+  char msg[8192];
   va_list ap;
   va_start(ap, fmt);
-  int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+  int m = vsnprintf(msg, sizeof(msg), fmt, ap);
   va_end(ap);
-  size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
-  if (len > sizeof(line) - 2) {
-    len = sizeof(line) - 5;
-    memcpy(line + len, "...", 3); /* say so when a record was cut */
-    len += 3;
+  size_t mlen = m < 0 ? 0 : (size_t)m;
+  int cut = mlen >= sizeof(msg);
+  if (cut) mlen = sizeof(msg) - 1;
+
+  char line[8192 * 2 + 256];
+  char ts[32];
+  size_t tlen = log_timestamp(ts);
+  size_t len;
+  if (json) {
+    int n = snprintf(line, sizeof(line), "{\"time\":\"%.*s\",\"level\":\"%s\",\"thread\":\"%s\",\"msg\":\"",
+                     (int)tlen, ts, names[level], thread_name);
+    len = (size_t)n + log_json_escape(line + n, sizeof(line) - (size_t)n - 16, msg, mlen);
+    if (cut) len += (size_t)snprintf(line + len, 8, "...");
+    len += (size_t)snprintf(line + len, 8, "\"}");
+  } else {
+    int n = snprintf(line, sizeof(line), "%.*s %s [%s] ", (int)tlen, ts, names[level], thread_name);
+    memcpy(line + n, msg, mlen);
+    len = (size_t)n + mlen;
+    if (cut) {
+      memcpy(line + len, "...", 3); /* say so when a record was cut */
+      len += 3;
+    }
   }
   line[len++] = '\n';
   ssize_t w = write(STDERR_FILENO, line, len);

@@ -8,6 +8,8 @@
 #ifndef SLUICE_LOG_H
 #define SLUICE_LOG_H
 
+#include <stddef.h>
+
 enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 
 /* Sets the lowest level that is written (default LOG_INFO). */
@@ -15,6 +17,22 @@ void log_set_level(enum log_level level);
 
 /* Names the calling thread in its records, e.g. "w1".  The name is copied. */
 void log_set_thread_name(const char *name);
+
+/* Writes records as JSON objects, one per line, instead of text:
+ * {"time", "level", "thread", "msg"}. */
+void log_set_json(int on);
+
+/* Whether records are JSON. */
+int log_is_json(void);
+
+/* The current UTC time as "YYYY-MM-DDTHH:MM:SS.mmmZ" into out (at least 32
+ * bytes); returns its length. */
+size_t log_timestamp(char *out);
+
+/* Writes s[0..n) as the inside of a JSON string into out (capacity cap):
+ * quotes, backslashes and control bytes escaped.  Returns the length
+ * written; stops early (at a character boundary) when out is full. */
+size_t log_json_escape(char *out, size_t cap, const char *s, size_t n);
 
 /* Writes one record.  Embedded newlines (tracebacks) are kept. */
 void log_write(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -133,6 +133,7 @@ void bind_detach(struct req *r);
 void bind_json_open(lua_State *L);
 void bind_http_open(lua_State *L);
 void bind_hub_open(lua_State *L);
+void bind_admin_open(lua_State *L);
 void bind_timer_open(lua_State *L);
 void bind_timers_stop(runtime_t *rt);
 

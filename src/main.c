@@ -2,6 +2,7 @@
  * main.c - the command line.
  *
  *   sluice [--host H] [--port P] [--workers N|auto] [--reload] [--redis URL] APP_DIR
+ *   sluice check APP_DIR | sluice new NAME     (tools.c)
  */
 #include <errno.h>
 #include <limits.h>
@@ -17,11 +18,17 @@
 
 #include "log.h"
 #include "server.h"
+#include "tools.h"
 
 static const char usage[] =
     "usage: sluice [options] APP_DIR\n"
+    "       sluice check APP_DIR\n"
+    "       sluice new NAME\n"
     "\n"
     "Serves the sluice app in APP_DIR (its app.lua and public/ folder).\n"
+    "'check' loads the app as a worker would, lists its routes and exits (1 when\n"
+    "it does not load); 'new' makes a new app in the folder NAME. An app folder\n"
+    "named check or new is served as ./check or ./new.\n"
     "\n"
     "options:\n"
     "  --host H             address to listen on (default 127.0.0.1)\n"
@@ -33,6 +40,11 @@ static const char usage[] =
     "                       (default: the descriptor limit less a reserve)\n"
     "  --header-timeout S   seconds a client has to send a request head (default 10)\n"
     "  --idle-timeout S     seconds a keep-alive connection may idle (default 60)\n"
+    "  --access-log on|off  one log line per request and per stream (default on)\n"
+    "  --log-format F       text or json (default text)\n"
+    "  --admin-token T      /_sluice/metrics and /_sluice/health need\n"
+    "                       'Authorization: Bearer T' (default: metrics answer\n"
+    "                       loopback clients only, health anyone)\n"
     "  --redis URL          share channels and history with other nodes through\n"
     "                       Redis 7+: redis://[:PASSWORD@]HOST[:PORT][/DB]\n"
     "                       (default $SLUICE_REDIS; without it, in memory)\n"
@@ -108,6 +120,11 @@ static long raise_nofile(void) {
 }
 
 int main(int argc, char **argv) {
+  if (argc >= 2 && (strcmp(argv[1], "check") == 0 || strcmp(argv[1], "new") == 0)) {
+    char lua_dir[PATH_MAX];
+    find_lua_dir(lua_dir, sizeof(lua_dir));
+    return argv[1][0] == 'c' ? tools_check(argc, argv, lua_dir) : tools_new(argc, argv, lua_dir);
+  }
   server_config_t cfg;
   memset(&cfg, 0, sizeof(cfg));
   cfg.host = "127.0.0.1";
@@ -115,6 +132,7 @@ int main(int argc, char **argv) {
   cfg.workers = 1;
   cfg.header_timeout = 10;
   cfg.idle_timeout = 60;
+  cfg.access_log = 1;
   const char *app = NULL;
 
   for (int i = 1; i < argc; i++) {
@@ -146,7 +164,8 @@ int main(int argc, char **argv) {
       snprintf(name, sizeof(name), "%s", a);
     }
     static const char *with_value[] = {"--host", "--port", "--workers", "--max-conns",
-                                       "--header-timeout", "--idle-timeout", "--redis", NULL};
+                                       "--header-timeout", "--idle-timeout", "--redis",
+                                       "--access-log", "--log-format", "--admin-token", NULL};
     int known = 0;
     for (int k = 0; with_value[k]; k++) known |= strcmp(name, with_value[k]) == 0;
     if (!known) die("unknown option '%s'", a);
@@ -170,6 +189,15 @@ int main(int argc, char **argv) {
       cfg.idle_timeout = parse_seconds(name, val);
     } else if (strcmp(name, "--redis") == 0) {
       cfg.redis_url = val;
+    } else if (strcmp(name, "--access-log") == 0) {
+      if (strcmp(val, "on") != 0 && strcmp(val, "off") != 0) die("--access-log takes on or off, not '%s'", val);
+      cfg.access_log = strcmp(val, "on") == 0;
+    } else if (strcmp(name, "--log-format") == 0) {
+      if (strcmp(val, "text") != 0 && strcmp(val, "json") != 0) die("--log-format takes text or json, not '%s'", val);
+      cfg.log_json = strcmp(val, "json") == 0;
+    } else if (strcmp(name, "--admin-token") == 0) {
+      if (!*val) die("%s needs a value", name);
+      cfg.admin_token = val;
     }
   }
   if (!app) die("%s", "no app directory given");
@@ -210,6 +238,7 @@ int main(int argc, char **argv) {
   long cap = nofile - 64 - 16L * cfg.workers; /* listeners, loops, app files */
   if (cfg.max_conns == 0) cfg.max_conns = cap > 16 ? (int)cap : 16;
 
+  log_set_json(cfg.log_json);
   signal(SIGPIPE, SIG_IGN); /* a vanished peer is an error return, not a kill */
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
     fprintf(stderr, "sluice: cannot initialise libcurl\n");

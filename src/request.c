@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "access.h"
 #include "buf.h"
 #include "conn.h"
 #include "fanout.h"
@@ -50,6 +51,7 @@ req_t *req_new(conn_t *c) {
 
 void req_dispatch(req_t *r) {
   http_msg_t *m = &r->msg;
+  r->t0 = uv_hrtime();
   r->keep_alive = m->keep_alive;
   r->head_only = m->method == HTTP_METHOD_HEAD;
   const char *q = memchr(m->raw.p, '?', m->url_len);
@@ -100,9 +102,10 @@ void req_on_drain(req_t *r) {
 /* Releases what every ending path releases; the request itself is kept as
  * a spare (cleared, as calloc would give it) while the worker has room. */
 static void release(req_t *r) {
+  worker_t *w = r->w;
+  if (r->streaming) STAT_ADD(w, streams, -1);
   fanout_unsubscribe_all(r);
   list_remove(&r->hb);
-  worker_t *w = r->w;
   if (w->nspare_reqs >= REQ_SPARE) {
     http_msg_free(&r->msg);
     free(r);
@@ -133,6 +136,7 @@ void req_drop_spares(worker_t *w) {
 }
 
 void req_abort(req_t *r) {
+  access_log(r); /* while the peer's address can still be read */
   r->conn = NULL;
   list_remove(&r->hb);
   fanout_unsubscribe_all(r);
@@ -155,6 +159,7 @@ void req_abort(req_t *r) {
 }
 
 void req_free(req_t *r) {
+  access_log(r);
   rt_detach_handles(r);
   release(r);
 }
@@ -192,6 +197,7 @@ static char *put_decimal(char *p, uint64_t v) {
  * out (HEAD_START_MAX bytes); returns their length.  Written by hand, not
  * with printf: this runs for every response. */
 static size_t head_start(req_t *r, int status, char *out) {
+  r->status = (uint16_t)status;
   const char *reason = http_reason(status);
   size_t dlen;
   const char *date = worker_date(r->w, &dlen);
@@ -249,6 +255,7 @@ static frame_t *response_frame(req_t *r, int status, const char *hdrs, size_t hl
 /* Queues one frame on the carrier. */
 static int send_frame(req_t *r, frame_t *f) {
   if (r->conn == NULL) return -EPIPE;
+  r->bytes += f->len;
   return conn_write(r->conn, f);
 }
 
@@ -321,6 +328,7 @@ int req_sse_open(req_t *r, const char *hdrs, size_t hlen, long retry) {
   if (rc) return rc;
   r->keep_alive = 0;
   r->streaming = 1;
+  STAT_ADD(r->w, streams, 1);
   r->last_out = worker_now(r->w);
   list_push_back(&r->w->streams, &r->hb);
   /* Headers go out at the end of this loop iteration (the before-sleep
@@ -338,6 +346,7 @@ int req_stream_write(req_t *r, frame_t *f) {
   if (req_stream_closed(r)) return -EPIPE;
   int rc = conn_write(r->conn, f);
   if (rc) return rc;
+  r->bytes += f->len;
   r->last_out = worker_now(r->w);
   list_move_back(&r->w->streams, &r->hb);
   return 0;

@@ -37,6 +37,9 @@ typedef struct req {
   list_node_t hb;           /* on w->streams while streaming */
   list_node_t subs;         /* its channel subscriptions (fanout.h) */
   uint64_t last_out;        /* loop ms of the last stream output */
+  uint64_t t0;              /* uv_hrtime when dispatched, for the access log */
+  uint64_t bytes;           /* response bytes queued (head included) */
+  uint16_t status;          /* the response's status once its head is made */
   size_t path_len;          /* the url's path part is msg.raw.p[0 .. path_len) */
   unsigned responded : 1;   /* the complete response is queued */
   unsigned streaming : 1;   /* the response is an open event stream */

@@ -235,6 +235,7 @@ static void task_failed(task_t *t, int status) {
   }
   const char *tb = lua_tostring(rt->L, -1);
   struct req *r = t->req;
+  STAT_ADD(rt->w, handler_errors, 1);
   if (r != NULL) {
     log_error("%s %.*s: %s", http_method_name(r->msg.method), (int)r->path_len, r->msg.raw.p, tb);
     if (!r->responded && !r->streaming && r->conn != NULL) {
@@ -281,7 +282,10 @@ static void resume(task_t *t, int nargs) {
   t->running = 0;
   rt->current = prev;
   int budget = lua_gethook(co) == budget_hook;
-  if (budget) lua_sethook(co, NULL, 0, 0);
+  if (budget) {
+    lua_sethook(co, NULL, 0, 0);
+    STAT_ADD(w, budget_kills, 1);
+  }
 
   if (t->ended) { /* killed while it ran */
     lua_settop(co, 0);
@@ -491,6 +495,26 @@ runtime_t *rt_new(worker_t *w, char *err, size_t errlen) {
 }
 
 const app_opts_t *rt_opts(const runtime_t *rt) { return &rt->opts; }
+
+int rt_describe(runtime_t *rt, char **text) {
+  lua_State *L = rt->L;
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, traceback);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "sluice.check");
+  int status = lua_pcall(L, 1, 1, top + 1);
+  if (status == LUA_OK) {
+    lua_getfield(L, -1, "describe");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->dispatch_ref);
+    lua_pushstring(L, rt->w->cfg->app_dir);
+    status = lua_pcall(L, 2, 1, top + 1);
+  }
+  const char *s = lua_tostring(L, -1);
+  *text = strdup(s ? s : "sluice.check gave no report");
+  lua_settop(L, top);
+  if (*text == NULL) return -ENOMEM;
+  return status == LUA_OK && s ? 0 : -EINVAL;
+}
 
 void rt_retire(runtime_t *rt) {
   rt->retired = 1;

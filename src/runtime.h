@@ -26,6 +26,12 @@ runtime_t *rt_new(struct worker *w, char *err, size_t errlen);
 /* The options the runtime's app asked for. */
 const struct app_opts *rt_opts(const runtime_t *rt);
 
+/* Describes the loaded app for `sluice check`: its routes, one a line in
+ * the order it added them, then a summary line (lua/sluice/check.lua).
+ * 0 with the report in *text, or -EINVAL with the Lua error in *text;
+ * the caller frees *text.  -ENOMEM (and *text NULL) when out of memory. */
+int rt_describe(runtime_t *rt, char **text);
+
 /* Retires a runtime replaced by a reload: its timers and background tasks
  * stop now; its request handlers run on in it until they end, and rt_reap
  * frees it after the last. */

@@ -231,6 +231,9 @@ static void on_watchdog(uv_timer_t *h) {
 
 int server_run(const server_config_t *cfg) {
   server.cfg = *cfg;
+  uv_timeval64_t tv;
+  uv_gettimeofday(&tv);
+  server.started_at = (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
   atomic_init(&server.nconns, 0);
   atomic_init(&server.running, 0);
   if (resolve(cfg) != 0 || probe_port(cfg) != 0) return 1;
@@ -268,7 +271,8 @@ int server_run(const server_config_t *cfg) {
     w->idx = i;
     w->srv = &server;
     w->cfg = &server.cfg;
-    server.workers[i] = w;
+    /* Published for the metrics of the workers already serving. */
+    __atomic_store_n(&server.workers[i], w, __ATOMIC_RELEASE);
     int rc = worker_start(w);
     server.nworkers = i + 1;
     if (rc != 0) {

@@ -26,6 +26,9 @@ typedef struct server_config {
   double idle_timeout;         /* seconds a keep-alive connection may idle */
   char app_dir[PATH_MAX];      /* absolute */
   char lua_dir[PATH_MAX];      /* the project's lua/ folder */
+  const char *admin_token;     /* --admin-token: needed for /_sluice/ admin routes */
+  int access_log;              /* --access-log on|off (default on) */
+  int log_json;                /* --log-format json */
   const char *redis_url;       /* --redis / SLUICE_REDIS; NULL: in-memory hub */
   rhub_config_t redis;         /* parsed from redis_url */
 } server_config_t;
@@ -40,6 +43,7 @@ typedef struct server {
   struct hub *hub;
   atomic_uint reloads_ok;      /* reloads every worker took */
   atomic_uint reloads_failed;  /* reloads refused for a load error */
+  double started_at;           /* Unix time the server started */
   int nworkers;
 } server_t;
 

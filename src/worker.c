@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "conn.h"
 #include "fanout.h"
 #include "log.h"
@@ -131,6 +132,7 @@ static void on_prepare(uv_prepare_t *h) {
     uv_idle_stop(&w->idle);
   else
     uv_idle_start(&w->idle, on_idle);
+  if (w->access.len > 0) access_flush(w);
 }
 
 /* Sends a heartbeat comment on every stream silent for too long.  The list
@@ -198,6 +200,9 @@ static void resume_accepting(worker_t *w, uint64_t now) {
   w->listen_calm_since = now;
   log_info("accepting connections again (%u open)", w->nconns);
 }
+
+const double worker_ttfb_bounds[WORKER_TTFB_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1,
+                                                         0.25, 0.5, 1, 2.5, 5};
 
 static void on_tick(uv_timer_t *h) {
   worker_t *w = h->data;
@@ -450,6 +455,8 @@ static void worker_main(void *arg) {
   atomic_fetch_sub(&w->srv->running, 1);
   if (uv_loop_close(&w->loop) != 0) log_warn("worker loop closed with handles still open");
   frame_unref(w->heartbeat);
+  access_flush(w);
+  buf_free(&w->access);
   req_drop_spares(w);
   free(w->readbuf);
   uv_mutex_destroy(&w->inbox.lock);

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "buf.h"
 #include "frame.h"
 #include "hub.h"
 #include "list.h"
@@ -36,12 +37,38 @@ typedef struct app_opts {
   char public_dir[4096];
 } app_opts_t;
 
-/* Per-worker counters (read by stats; only the worker writes them). */
+/* Upper bounds (seconds) of the upstream time-to-first-byte histogram. */
+#define WORKER_TTFB_BUCKETS 10
+extern const double worker_ttfb_bounds[WORKER_TTFB_BUCKETS];
+
+/* Per-worker counters.  Only the worker writes them, with STAT_ADD; any
+ * thread reads them with STAT_GET (sluice.stats on this worker, metrics on
+ * any): relaxed atomic loads and stores keep those reads defined without
+ * costing the writer a locked instruction. */
 typedef struct worker_stats {
   uint64_t subscribers;   /* subscriptions open now */
+  uint64_t streams;       /* event streams open now */
   uint64_t delivered;     /* hub events written to subscribers */
   uint64_t slow_drops;    /* subscribers dropped at max_queue */
+  uint64_t requests;      /* requests ended (answered, or streams closed) */
+  uint64_t bytes_out;     /* bytes written to clients */
+  uint64_t handler_errors;/* errors that escaped a handler (500s) */
+  uint64_t budget_kills;  /* handlers stopped by the CPU budget */
+  uint64_t upstream_requests;
+  uint64_t upstream_errors;   /* transfers that failed (not those the app closed) */
+  uint64_t ttfb_count;        /* upstream responses whose head arrived */
+  uint64_t ttfb_us;           /* their times to first byte, summed */
+  uint64_t ttfb_buckets[WORKER_TTFB_BUCKETS]; /* not cumulative: one per range */
+  /* With --redis (rhub.c): */
+  uint64_t redis_up;          /* 1 while the worker's link is up */
+  uint64_t redis_published;   /* events it published */
+  uint64_t redis_received;    /* notifications that arrived */
+  uint64_t redis_reconnects;  /* links made again after a loss */
 } worker_stats_t;
+
+#define STAT_ADD(w, field, n) \
+  __atomic_store_n(&(w)->stats.field, (w)->stats.field + (uint64_t)(n), __ATOMIC_RELAXED)
+#define STAT_GET(w, field) __atomic_load_n(&(w)->stats.field, __ATOMIC_RELAXED)
 
 typedef struct worker {
   int id;                 /* 1-based, for logs */
@@ -90,6 +117,7 @@ typedef struct worker {
   atomic_int stop_requested;
   int stopping;
   uint64_t stop_deadline;
+  buf_t access;           /* access log records not written yet (access.c) */
   char date[40];          /* "Date: ...\r\n", refreshed once a second */
   size_t date_len;
   uint64_t date_sec;

@@ -21,16 +21,58 @@ local type, pairs, ipairs, select, tostring, error, setmetatable, getmetatable, 
 local concat = table.concat
 local find = string.find
 
+---@class sluice.HistoryOptions
+---@field since? string|integer the last id seen: events after it
+---@field limit? integer at most this many (the oldest first)
+
+---@class sluice.FetchOptions
+---@field method? string default GET, or POST with a body
+---@field headers? table<string,string|string[]>
+---@field body? string|table a table is sent as JSON
+---@field timeout? number seconds for the whole transfer
+
+---@class sluice.Stats
+---@field worker integer
+---@field connections integer
+---@field subscribers integer
+---@field delivered integer
+---@field slow_drops integer
+---@field published integer
+---@field channels integer
+---@field retained integer
+---@field redis? {up: boolean, published: integer, received: integer, reconnects: integer} with --redis
+
+--- The server's version string.
+---@type string
 sluice.version = core.version
 sluice.json = json
+--- Waits `s` seconds (the task yields to the loop).
+---@type fun(s: number)
 sluice.sleep = core.sleep
+--- Seconds since the epoch, with a sub-millisecond part.
+---@type fun(): number
 sluice.now = core.now
+--- Runs `fn(...)` as its own task from the next loop turn; it outlives the caller.
+---@type fun(fn: function, ...: any): true
 sluice.spawn = core.spawn
+--- Calls `fn` every `s` seconds; returns a timer with `:cancel()`.
+---@type fun(s: number, fn: function): table
 sluice.every = core.every
+--- Calls `fn` once after `s` seconds; returns a timer with `:cancel()`.
+---@type fun(s: number, fn: function): table
 sluice.after = core.after
+--- An upstream HTTP request: the response once its head is in, or nil, err.
+---@type fun(url: string, opts?: sluice.FetchOptions): table|nil, string?
 sluice.fetch = core.fetch
+--- Publishes an event on a channel: its id, or (with --redis, while Redis
+--- is unavailable) nil and a message.
+---@type fun(channel: string, ev: string|sluice.Event): string|nil, string?
 sluice.publish = core.publish
+--- The retained events of a channel after `since`, oldest first.
+---@type fun(channel: string, opts?: sluice.HistoryOptions): sluice.Event[]|nil, string?
 sluice.history = core.history
+--- Counters of this worker and of the hub.
+---@type fun(): sluice.Stats
 sluice.stats = core.stats
 
 -------------------------------------------------------------------- logging
@@ -176,7 +218,7 @@ local OPTION_TYPES = {
 }
 
 ---@class sluice.App
----@field options sluice.AppOptions
+---@field settings sluice.AppOptions the options it was made with (a field named `options` would hide app:options)
 ---@field router sluice.Router
 local App = {}
 App.__index = App
@@ -199,7 +241,7 @@ function sluice.app(opts)
   if options.retry and (options.retry < 0 or options.retry % 1 ~= 0) then
     error("sluice.app: option 'retry' must be a non-negative integer (milliseconds)", 2)
   end
-  return setmetatable({ options = options, router = Router.new() }, App)
+  return setmetatable({ settings = options, router = Router.new() }, App)
 end
 
 --- Adds a route for `method` (GET, POST, PUT, PATCH, DELETE, OPTIONS).
@@ -361,7 +403,7 @@ function Request:sse(opts)
     for k, v in pairs(opts.headers) do hdrs[k] = v end
   end
   if app.cors then cors_headers(app.cors, self.headers.origin, hdrs) end
-  local retry = opts.retry or app.options.retry
+  local retry = opts.retry or app.settings.retry
   local stream, err = core.sse(self._h, hdrs, retry)
   if not stream then return nil, err end
   self._stream = stream
@@ -387,6 +429,8 @@ end
 ---@field send fun(self: sluice.Stream, ev: string|sluice.Event): true|nil, string? waits while the queue is full; nil, "closed" once gone
 ---@field comment fun(self: sluice.Stream, text?: string): true|nil, string?
 ---@field close fun(self: sluice.Stream)
+---@field subscribe fun(self: sluice.Stream, channels: string|string[], opts?: {since?: string|integer}): integer|nil, boolean|string replayed count and false when events after since were no longer kept; nil, "closed" or (with --redis) nil, msg
+---@field relay fun(self: sluice.Stream, res: table, transform?: fun(ev: sluice.Event): (sluice.Event|string|nil)): true|nil, string? relays an upstream event stream
 
 local TEXT = "text/plain; charset=utf-8"
 local JSON = "application/json"
@@ -452,6 +496,7 @@ local function failed(req, e, cors)
     return
   end
   sluice.log.error(("%s %s: %s"):format(req.method, req.path, e))
+  core.count_handler_error()
   if started then
     req._stream:close()
   else
@@ -473,8 +518,50 @@ if core.reload then
   end
 end
 
+--- Whether a request may read the admin routes, and if not the status and
+--- text to answer. With --admin-token it must bring the token as
+--- `Authorization: Bearer TOKEN`; without one, metrics answer only clients
+--- on the loopback interface that came directly, not through a proxy on
+--- the same machine (which would make them public).
+---@param h any the request handle
+---@param open boolean whether anyone may ask when no token is set (health)
+---@return boolean ok
+---@return integer? status
+---@return string? text
+local function admin_allowed(h, open)
+  local headers = core.req_headers(h)
+  if core.admin_token then
+    local token = (headers.authorization or ""):match("^[Bb]earer +(%S+) *$")
+    if token and core.admin_token_ok(token) then return true end
+    return false, 401, "an admin token is needed: Authorization: Bearer TOKEN\n"
+  end
+  if open then return true end
+  local addr = core.req_remote(h) or ""
+  local loopback = addr:find("^127%.") or addr == "::1" or addr:find("^::ffff:127%.")
+  if loopback and not (headers["x-forwarded-for"] or headers["forwarded"] or headers["x-real-ip"]) then
+    return true
+  end
+  return false, 403, "metrics answer loopback clients only (or set --admin-token)\n"
+end
+
 --- Answers the server's own routes under /_sluice/; false when path is not one.
 local function builtin(h, method, path)
+  if (path == "/_sluice/metrics" or path == "/_sluice/health") and (method == "GET" or method == "HEAD") then
+    local metrics = path == "/_sluice/metrics"
+    local ok, status, text = admin_allowed(h, not metrics)
+    if not ok then
+      local hdrs = { ["Content-Type"] = TEXT, ["Cache-Control"] = "no-store" }
+      if status == 401 then hdrs["WWW-Authenticate"] = 'Bearer realm="sluice"' end
+      core.respond(h, status, hdrs, text)
+    elseif metrics then
+      core.respond(h, 200, { ["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8",
+                             ["Cache-Control"] = "no-store" }, core.metrics())
+    else
+      core.respond(h, 200, { ["Content-Type"] = "application/json",
+                             ["Cache-Control"] = "no-store" }, json.encode(core.health()))
+    end
+    return true
+  end
   if path == "/_sluice/reload.js" and (method == "GET" or method == "HEAD") then
     core.respond(h, 200, { ["Content-Type"] = "text/javascript; charset=utf-8",
                            ["Cache-Control"] = "no-cache" }, RELOAD_JS)
@@ -493,7 +580,7 @@ end
 local function make_dispatch(app)
   local router = app.router
   local match = router.match -- looked up once, not through the metatable per request
-  local cors = cors_config(app.options.cors)
+  local cors = cors_config(app.settings.cors)
   app.cors = cors
 
   return function(h, method, path, query)
@@ -523,6 +610,9 @@ local function make_dispatch(app)
   end
 end
 
+-- The app of each dispatcher, for as long as the dispatcher lives.
+local apps = setmetatable({}, { __mode = "k" })
+
 --- Loads the app in `dir` and returns its dispatcher and options (the core
 --- calls this once per worker VM).
 ---@param dir string
@@ -533,7 +623,14 @@ function sluice._boot(dir)
   if getmetatable(app) ~= App then
     error(dir .. "/app.lua must return the app made by sluice.app{...}", 0)
   end
-  return make_dispatch(app), app.options
+  local dispatch = make_dispatch(app)
+  apps[dispatch] = app
+  return dispatch, app.settings
 end
+
+--- The app behind a dispatcher `_boot` made (for `sluice check`).
+---@param dispatch function
+---@return sluice.App?
+function sluice._app_of(dispatch) return apps[dispatch] end
 
 return sluice

@@ -5,8 +5,14 @@
 --- kind is tried.  Matching allocates only the params table.
 ---@class sluice.Router
 ---@field private root table
+---@field private routes sluice.RouteInfo[] every route, in the order added
 local Router = {}
 Router.__index = Router
+
+--- A route as the app added it (see Router:list).
+---@class sluice.RouteInfo
+---@field method string
+---@field path string
 
 local METHODS = { GET = true, HEAD = true, POST = true, PUT = true, PATCH = true,
                   DELETE = true, OPTIONS = true }
@@ -18,7 +24,7 @@ end
 --- Creates an empty router.
 ---@return sluice.Router
 function Router.new()
-  return setmetatable({ root = new_node() }, Router)
+  return setmetatable({ root = new_node(), routes = {} }, Router)
 end
 
 local find, sub = string.find, string.sub
@@ -83,6 +89,14 @@ function Router:add(method, path, fn)
   node.methods = node.methods or {}
   if node.methods[method] then error(("duplicate route %s %s"):format(method, path), 3) end
   node.methods[method] = fn
+  -- The trie forgets the order routes came in; `sluice check` lists them in it.
+  self.routes[#self.routes + 1] = { method = method, path = path }
+end
+
+--- Every route, in the order they were added.
+---@return sluice.RouteInfo[]
+function Router:list()
+  return table.move(self.routes, 1, #self.routes, 1, {})
 end
 
 --- Finds the node for the path's segments from position `s` on (nil when

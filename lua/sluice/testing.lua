@@ -8,8 +8,11 @@
 ---     assert(res.status == 200 and res.body == "hello world")
 ---     local stream = assert(client:sse("/clock"))
 ---     local ev = assert(stream:next_event(3))    -- { event = "tick", data = ..., id = ... }
+---     stream = assert(stream:reconnect())         -- again, with the last id seen as Last-Event-ID
 ---     stream:close()
 ---     server:stop()
+---
+--- docs/testing.md walks through it for app authors.
 ---
 --- For many subscribers at once, `testing.crowd(server, n, opts)` opens n
 --- event streams and reads them together without blocking (see Crowd).
@@ -864,14 +867,23 @@ end
 local Stream = {}
 Stream.__index = Stream
 
+---@class sluice.testing.SseOptions
+---@field method? string                 default GET
+---@field body? string|table             a table is sent as JSON
+---@field headers? table<string, string>
+---@field last_event_id? string          sent as Last-Event-ID (when not "")
+---@field timeout? number                seconds to connect and to read the head (default 5)
+
 --- Opens an event stream: GET (or `opts.method`) with `Accept:
 --- text/event-stream`, and reads the response head. `opts.body` is sent as
 --- the request body; a table body as JSON (Content-Type: application/json),
---- for streams opened by a POST such as OpenAI's chat completions. Non-2xx
---- answers are returned as streams too: check `stream.status` (their body is
---- read as it is delimited: Content-Length, chunked, or the connection's end).
+--- for streams opened by a POST such as OpenAI's chat completions.
+--- `opts.last_event_id` resumes a stream as a reconnecting browser does
+--- (see also Stream:reconnect). Non-2xx answers are returned as streams
+--- too: check `stream.status` (their body is read as it is delimited:
+--- Content-Length, chunked, or the connection's end).
 ---@param path string
----@param opts? { method?: string, body?: string|table, headers?: table<string, string>, timeout?: number }
+---@param opts? sluice.testing.SseOptions
 ---@return sluice.testing.Stream? stream
 ---@return string? err
 function Client:sse(path, opts)
@@ -883,6 +895,12 @@ function Client:sse(path, opts)
   for k, v in pairs(opts.headers or {}) do
     if k:lower() == "accept" then headers.Accept = nil end
     headers[k] = v
+  end
+  if opts.last_event_id and opts.last_event_id ~= "" then
+    for k in pairs(headers) do
+      if k:lower() == "last-event-id" then headers[k] = nil end
+    end
+    headers["Last-Event-ID"] = opts.last_event_id
   end
   local body = opts.body
   if type(body) == "table" then
@@ -898,6 +916,7 @@ function Client:sse(path, opts)
     conn = conn, status = res.status, reason = res.reason, headers = res.headers,
     raw_head = res.raw_head, comments = 0, ended = false,
     _body_reader = body_reader(conn, res, method), _buf = "", _data = {}, _last_id = "",
+    _client = self, _path = path, _opts = opts,
   }, Stream)
 end
 
@@ -1054,6 +1073,22 @@ function Stream:last_event_id() return self._last_id end
 --- Closes the connection (the client goes away).
 function Stream:close()
   self.conn:close()
+end
+
+--- Opens the stream again as a browser's EventSource does after a drop:
+--- this one is closed, and a new request for the same path, with the same
+--- options, sends the last event ID seen as Last-Event-ID (when no event
+--- carried an id, the one this stream was opened with, if any).
+---@param timeout? number seconds to connect and to read the head (default 5)
+---@return sluice.testing.Stream? stream
+---@return string? err
+function Stream:reconnect(timeout)
+  self:close()
+  local opts = {}
+  for k, v in pairs(self._opts) do opts[k] = v end
+  if self._last_id ~= "" then opts.last_event_id = self._last_id end
+  opts.timeout = timeout or opts.timeout
+  return self._client:sse(self._path, opts)
 end
 
 -- ------------------------------------------------------------------- crowds

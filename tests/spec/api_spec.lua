@@ -29,6 +29,7 @@ local fake_core = {
   sleep = function() end, now = function() return 0 end,
   spawn = function() end, every = function() end, after = function() end,
   log = function(level, msg) sent.logs[#sent.logs + 1] = level .. ": " .. msg end,
+  count_handler_error = function() sent.errors = (sent.errors or 0) + 1 end,
   req_headers = function(h) return h.headers or {} end,
   req_remote = function() return "127.0.0.1" end,
   req_body = function(h) return h.body end,
@@ -144,6 +145,15 @@ describe("the Lua API", function()
     assert.equal("internal server error", sent.body)
     assert.matches("kaput", sent.logs[1], 1, true)
     assert.matches("stack traceback", sent.logs[1], 1, true)
+    assert.equal(1, sent.errors) -- counted for the metrics
+  end)
+
+  it("routes app:options like the other methods", function()
+    local dispatch = boot({}, function(app)
+      app:options("/x", function() return { status = 204 } end)
+    end)
+    dispatch({}, "OPTIONS", "/x", nil)
+    assert.equal(204, sent.status)
   end)
 
   it("lets sluice.abort choose the status", function()
