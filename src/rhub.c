@@ -11,10 +11,7 @@
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wunused-parameter"
-#include <hiredis/adapters/libuv.h>
-#pragma GCC diagnostic pop
+#include <sys/ioctl.h>
 
 #include "buf.h"
 #include "fanout.h"
@@ -28,6 +25,9 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 1000
 #define DOWN_LOG_EVERY_MS 30000
+/* Reads of a readable Redis socket per loop turn, at most (hiredis reads
+ * 16 KiB at a time). */
+#define READS_PER_TURN 64
 
 /* Redis keys: one stream per channel, and the last id handed out. */
 #define STREAM_PREFIX "sluice:s:"
@@ -84,9 +84,9 @@ static const char functions_src[] =
     "  return id\n"
     "end)\n"
     /* KEYS: last id, then streams.  ARGV: ttl ms, count (0: all), then a
-     * since id per stream ('' for all).  Returns { last id or '', gap,
-     * { id, offset, bytes, ... } per stream }; gap is 1 when an event
-     * after a since may have been trimmed or expired.  Redis does not say
+     * since id per stream ('' for all).  Returns { last id or '',
+     * { gap, id, offset, bytes, ... } per stream }; gap is 1 when an
+     * event after the stream's since may have been trimmed or expired.  Redis does not say
      * which ids MAXLEN trimmed, only the oldest one left: a since older
      * than that in a trimmed stream counts as a gap, so a client whose
      * last event falls between the newest trimmed one and the oldest kept
@@ -96,17 +96,17 @@ static const char functions_src[] =
     "  callback = function(keys, args)\n"
     "  local ttl, count = tonumber(args[1]), tonumber(args[2])\n"
     "  local cutoff = ttl > 0 and now_ms() - ttl or nil\n"
-    "  local out = { redis.call('GET', keys[1]) or '', 0 }\n"
+    "  local out = { redis.call('GET', keys[1]) or '' }\n"
     "  for i = 2, #keys do\n"
     "    local since = args[i + 1]\n"
     "    local from = since == '' and '-' or '(' .. since\n"
     "    local range\n"
     "    if count > 0 then range = redis.call('XRANGE', keys[i], from, '+', 'COUNT', count)\n"
     "    else range = redis.call('XRANGE', keys[i], from, '+') end\n"
-    "    local flat = {}\n"
+    "    local flat = { 0 }\n"
     "    for _, e in ipairs(range) do\n"
     "      if cutoff and split(e[1]) <= cutoff then\n"
-    "        if since ~= '' then out[2] = 1 end\n"
+    "        if since ~= '' then flat[1] = 1 end\n"
     "      else\n"
     "        flat[#flat + 1] = e[1]; flat[#flat + 1] = e[2][2]; flat[#flat + 1] = e[2][4]\n"
     "      end\n"
@@ -117,10 +117,10 @@ static const char functions_src[] =
     "        for j = 1, #info, 2 do f[info[j]] = info[j + 1] end\n"
     "        if older(since, f['max-deleted-entry-id']) or\n"
     "           (f['entries-added'] > f['length'] and older(since, f['recorded-first-entry-id'])) then\n"
-    "          out[2] = 1\n"
+    "          flat[1] = 1\n"
     "        end\n"
     "      elseif cutoff and split(since) <= cutoff then\n"
-    "        out[2] = 1\n"
+    "        flat[1] = 1\n"
     "      end\n"
     "    end\n"
     "    out[#out + 1] = flat\n"
@@ -197,7 +197,6 @@ struct rhub {
   int catching_up;         /* live events wait in held for the catch-up read */
   hub_msg_t *held;         /* with a channel reference each */
   size_t nheld, capheld;
-  rhub_stats_t stats;
 };
 
 static void send_catchup(rhub_t *rh);
@@ -514,7 +513,7 @@ static void deliver(rchan_t *rc, uint64_t id, frame_t *f) {
 /* A notification: "ID OFFSET BYTES". */
 static void on_message(rchan_t *rc, const char *s, size_t n) {
   rhub_t *rh = rc->rh;
-  rh->stats.received++;
+  STAT_ADD(rh->w, redis_received, 1);
   const char *sp1 = memchr(s, ' ', n);
   const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', n - (size_t)(sp1 + 1 - s)) : NULL;
   uint64_t id, at;
@@ -745,25 +744,31 @@ static int by_id(const void *a, const void *b) {
 }
 
 /* Turns a read's answer into messages (ch from op->chs, NULL for a
- * history read) in id order: 0 with *watermark and *gap, or -1 when the
- * answer is not what the function returns. */
+ * history read) in id order: 0 with *watermark and, when gaps is not
+ * NULL, gaps[i] set for each stream i that lost events after its since;
+ * *gap tells whether any did.  -1 when the answer is not what the
+ * function returns. */
 static int read_events(rhub_op_t *op, redisReply *rep, hub_msg_t **out, size_t *nout,
-                       uint64_t *watermark, int *gap) {
+                       uint64_t *watermark, int *gap, unsigned char *gaps) {
   *out = NULL;
   *nout = 0;
-  if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 2 || rep->element[0]->type != REDIS_REPLY_STRING ||
-      rep->element[1]->type != REDIS_REPLY_INTEGER)
+  *gap = 0;
+  if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 || rep->element[0]->type != REDIS_REPLY_STRING)
     return -1;
   *watermark = 0;
   if (rep->element[0]->len > 0 && !rhub_parse_id(rep->element[0]->str, rep->element[0]->len, watermark))
     return -1;
-  *gap = rep->element[1]->integer != 0;
   size_t cap = 0;
-  for (size_t k = 2; k < rep->elements; k++) {
+  for (size_t k = 1; k < rep->elements; k++) {
     redisReply *list = rep->element[k];
-    hub_channel_t *ch = op->kind == OP_HISTORY ? NULL : op->chs[k - 2];
-    if (list->type != REDIS_REPLY_ARRAY) continue;
-    for (size_t i = 0; i + 2 < list->elements; i += 3) {
+    hub_channel_t *ch = op->kind == OP_HISTORY ? NULL : op->chs[k - 1];
+    if (list->type != REDIS_REPLY_ARRAY || list->elements < 1 || list->element[0]->type != REDIS_REPLY_INTEGER)
+      continue;
+    if (list->element[0]->integer != 0) {
+      *gap = 1;
+      if (gaps != NULL) gaps[k - 1] = 1;
+    }
+    for (size_t i = 1; i + 2 < list->elements; i += 3) {
       redisReply *idr = list->element[i], *atr = list->element[i + 1], *ev = list->element[i + 2];
       uint64_t id, at;
       if (idr->type != REDIS_REPLY_STRING || atr->type != REDIS_REPLY_STRING || ev->type != REDIS_REPLY_STRING ||
@@ -781,7 +786,7 @@ static int read_events(rhub_op_t *op, redisReply *rep, hub_msg_t **out, size_t *
       }
     }
   }
-  if (rep->elements > 3) qsort(*out, *nout, sizeof(**out), by_id);
+  if (rep->elements > 2) qsort(*out, *nout, sizeof(**out), by_id);
   return 0;
 }
 
@@ -815,12 +820,24 @@ static void finish_subscribe(rhub_op_t *op, hub_msg_t *evs, size_t n, uint64_t w
 }
 
 /* The catch-up read is in: what each channel missed while the link was
- * down, then what came live meanwhile, each event once. */
-static void finish_catchup(rhub_t *rh, hub_msg_t *evs, size_t n, int gap) {
+ * down, then what came live meanwhile, each event once.  A channel whose
+ * stream no longer holds all it missed ends its streams here instead:
+ * their clients reconnect with Last-Event-ID, get what is left, and the
+ * app's subscribe learns of the gap (ok false), which live delivery
+ * could not have told them. */
+static void finish_catchup(rhub_op_t *op, hub_msg_t *evs, size_t n, const unsigned char *gaps) {
+  rhub_t *rh = op->rh;
   int w = rh->w->idx;
   rh->catching_up = 0;
-  if (gap) log_warn("redis: events were trimmed from history while this worker was disconnected; "
-                    "some subscribers missed them");
+  for (int i = 0; gaps != NULL && i < op->n; i++) {
+    if (!gaps[i]) continue;
+    hub_local_t *loc = &op->chs[i]->local[w];
+    log_warn("redis: channel '%s' lost events from history while this worker was disconnected; "
+             "its %u stream(s) here end so that their clients resume and learn of the gap",
+             op->chs[i]->name, loc->count);
+    for (list_node_t *p = loc->subs.next; p != &loc->subs; p = p->next)
+      req_stream_end(list_entry(p, sub_t, node)->r); /* closes later, off this list */
+  }
   for (size_t i = 0; i < n; i++) {
     rchan_t *rc = evs[i].ch->local[w].rc;
     if (rc != NULL) deliver(rc, evs[i].id, evs[i].frame);
@@ -839,20 +856,20 @@ static void finish_catchup(rhub_t *rh, hub_msg_t *evs, size_t n, int gap) {
 static void on_read_reply(redisAsyncContext *ac, void *reply, void *privdata) {
   (void)ac;
   rhub_op_t *op = privdata;
-  rhub_t *rh = op->rh;
   redisReply *rep = reply;
   char why[256];
   hub_msg_t *evs = NULL;
   size_t n = 0;
   uint64_t watermark = 0;
   int gap = 0, status = 0;
+  unsigned char *gaps = op->kind == OP_CATCHUP && op->n > 0 ? calloc((size_t)op->n, 1) : NULL;
   if (rep == NULL) {
     status = UV_ECONNRESET;
     snprintf(why, sizeof(why), "redis: connection lost");
   } else if (rep->type == REDIS_REPLY_ERROR) {
     status = UV_EIO;
     snprintf(why, sizeof(why), "redis: %s", rep->str);
-  } else if (read_events(op, rep, &evs, &n, &watermark, &gap) != 0) {
+  } else if (read_events(op, rep, &evs, &n, &watermark, &gap, gaps) != 0) {
     status = UV_EIO;
     snprintf(why, sizeof(why), "redis: unexpected answer to a read");
   }
@@ -860,6 +877,7 @@ static void on_read_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     if (op->kind == OP_SUBSCRIBE) op_unsubscribe(op);
     if (op->kind == OP_CATCHUP && rep != NULL) log_error("redis: catch-up read failed: %s", why);
     op_fail(op, status, why);
+    free(gaps);
     return;
   }
   switch (op->kind) {
@@ -867,7 +885,7 @@ static void on_read_reply(redisAsyncContext *ac, void *reply, void *privdata) {
       finish_subscribe(op, evs, n, watermark, gap);
       break;
     case OP_CATCHUP:
-      finish_catchup(rh, evs, n, gap);
+      finish_catchup(op, evs, n, gaps);
       op_free(op);
       break;
     default: {
@@ -878,6 +896,7 @@ static void on_read_reply(redisAsyncContext *ac, void *reply, void *privdata) {
   }
   msgs_unref(evs, n);
   free(evs);
+  free(gaps);
 }
 
 /* Reads, for every channel followed here, what was published after the
@@ -895,7 +914,7 @@ static void send_catchup(rhub_t *rh) {
   if (op == NULL || (n > 0 && (op->chs == NULL || op->since == NULL))) {
     if (op != NULL) op_free(op);
     log_error("redis: no memory for the catch-up read; events of the outage are not delivered");
-    finish_catchup(rh, NULL, 0, 0);
+    rh->catching_up = 0;
     return;
   }
   for (list_node_t *p = rh->chans.next; p != &rh->chans; p = p->next) {
@@ -922,6 +941,7 @@ static void link_lost(rhub_t *rh, const char *why) {
   if (rh->state == LINK_FAILING || rh->state == LINK_DOWN || rh->state == LINK_CLOSED) return;
   snprintf(rh->reason, sizeof(rh->reason), "%s", why && *why ? why : "connection closed");
   rh->state = LINK_FAILING;
+  __atomic_store_n(&rh->w->stats.redis_up, 0, __ATOMIC_RELAXED);
   uv_timer_start(&rh->timer, on_timer, 0, 0);
 }
 
@@ -940,10 +960,11 @@ static void on_connect(const redisAsyncContext *ac, int status) {
 static void link_ready(rhub_t *rh) {
   if (!rh->functions_ok || !rh->anchor_ok || rh->state != LINK_CONNECTING) return;
   rh->state = LINK_UP;
+  __atomic_store_n(&rh->w->stats.redis_up, 1, __ATOMIC_RELAXED);
   uv_timer_stop(&rh->timer);
   rh->backoff_ms = BACKOFF_MIN_MS;
   if (rh->down_since != 0) {
-    rh->stats.reconnects++;
+    STAT_ADD(rh->w, redis_reconnects, 1);
     log_info("redis: connected again to %s:%d after %.1f s", rh->cfg.host, rh->cfg.port,
              (double)(worker_now(rh->w) - rh->down_since) / 1000);
   } else {
@@ -984,6 +1005,93 @@ static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata) {
   }
 }
 
+/* ----------------------------------------------------------- the poll */
+
+/* hiredis's event hooks on a uv_poll.  Unlike hiredis's own libuv adapter,
+ * a readable socket is read until it is empty (READS_PER_TURN reads at
+ * most): one 16 KiB read per loop turn caps a worker's intake of
+ * notifications, and a worker busy writing to many subscribers would fall
+ * behind Redis until Redis closed the connection at its pub/sub output
+ * limit.  The poll's memory is freed in its close callback, after hiredis
+ * let go of it (the cleanup hook). */
+typedef struct rpoll {
+  redisAsyncContext *ac; /* NULL once hiredis freed the context */
+  uv_poll_t poll;
+  int events;
+} rpoll_t;
+
+static void rpoll_cb(uv_poll_t *h, int status, int events) {
+  rpoll_t *p = h->data;
+  if (status < 0 || p->ac == NULL) return;
+  if (events & UV_WRITABLE) redisAsyncHandleWrite(p->ac);
+  if (!(events & UV_READABLE)) return;
+  for (int i = 0; i < READS_PER_TURN && p->ac != NULL; i++) {
+    redisAsyncHandleRead(p->ac);
+    int pending = 0;
+    if (p->ac == NULL || ioctl(p->ac->c.fd, FIONREAD, &pending) != 0 || pending <= 0) break;
+  }
+}
+
+/* Watches the events p->events asks for (none: stops watching). */
+static void rpoll_update(rpoll_t *p) {
+  if (p->events)
+    uv_poll_start(&p->poll, p->events, rpoll_cb);
+  else
+    uv_poll_stop(&p->poll);
+}
+
+static void rpoll_add_read(void *d) {
+  rpoll_t *p = d;
+  p->events |= UV_READABLE;
+  rpoll_update(p);
+}
+
+static void rpoll_del_read(void *d) {
+  rpoll_t *p = d;
+  p->events &= ~UV_READABLE;
+  rpoll_update(p);
+}
+
+static void rpoll_add_write(void *d) {
+  rpoll_t *p = d;
+  p->events |= UV_WRITABLE;
+  rpoll_update(p);
+}
+
+static void rpoll_del_write(void *d) {
+  rpoll_t *p = d;
+  p->events &= ~UV_WRITABLE;
+  rpoll_update(p);
+}
+
+static void rpoll_free(uv_handle_t *h) { free(h->data); }
+
+/* hiredis is freeing the context: the poll goes, in its close callback. */
+static void rpoll_cleanup(void *d) {
+  rpoll_t *p = d;
+  p->ac = NULL;
+  uv_close((uv_handle_t *)&p->poll, rpoll_free);
+}
+
+/* Hooks ac to a poll on loop: 0, or -1 (ac is left as it was). */
+static int rpoll_attach(redisAsyncContext *ac, uv_loop_t *loop) {
+  rpoll_t *p = calloc(1, sizeof(*p));
+  if (p == NULL) return -1;
+  if (uv_poll_init(loop, &p->poll, ac->c.fd) != 0) {
+    free(p);
+    return -1;
+  }
+  p->ac = ac;
+  p->poll.data = p;
+  ac->ev.data = p;
+  ac->ev.addRead = rpoll_add_read;
+  ac->ev.delRead = rpoll_del_read;
+  ac->ev.addWrite = rpoll_add_write;
+  ac->ev.delWrite = rpoll_del_write;
+  ac->ev.cleanup = rpoll_cleanup;
+  return 0;
+}
+
 static redisAsyncContext *context_new(rhub_t *rh, const char *role) {
   redisAsyncContext *ac = redisAsyncConnect(rh->cfg.host, rh->cfg.port);
   if (ac == NULL) {
@@ -997,7 +1105,7 @@ static redisAsyncContext *context_new(rhub_t *rh, const char *role) {
   }
   ac->data = rh;
   cmd_t c;
-  if (redisLibuvAttach(ac, &rh->w->loop) != REDIS_OK) {
+  if (rpoll_attach(ac, &rh->w->loop) != 0) {
     snprintf(rh->reason, sizeof(rh->reason), "cannot watch the connection");
     redisAsyncFree(ac);
     return NULL;
@@ -1146,6 +1254,7 @@ static void on_handle_closed(uv_handle_t *h) {
 
 void rhub_close(rhub_t *rh) {
   rh->state = LINK_CLOSED;
+  __atomic_store_n(&rh->w->stats.redis_up, 0, __ATOMIC_RELAXED);
   uv_timer_stop(&rh->timer);
   link_teardown(rh, UV_ECANCELED, "redis: closing");
   on_defer(&rh->defer);
@@ -1177,7 +1286,7 @@ static void on_publish_reply(redisAsyncContext *ac, void *reply, void *privdata)
     res.err = "redis: unexpected answer to a publish";
   } else {
     res.id_text = rep->str;
-    op->rh->stats.published++;
+    STAT_ADD(op->rh->w, redis_published, 1);
   }
   op_end(op, status, &res);
 }
@@ -1330,9 +1439,4 @@ int rhub_history(rhub_t *rh, const char *name, size_t len, int has_since, uint64
   }
   *opp = op;
   return 0;
-}
-
-void rhub_get_stats(const rhub_t *rh, rhub_stats_t *out) {
-  *out = rh->stats;
-  out->up = rh->state == LINK_UP;
 }

@@ -131,14 +131,8 @@ void rhub_hold(rhub_op_t *op, hub_channel_t *ch, uint64_t id, frame_t *f);
  * subscribers on this worker is unsubscribed. */
 void rhub_sub_removed(rhub_t *rh, struct sub *s);
 
-/* Counters for stats. */
-typedef struct rhub_stats {
-  uint64_t published;      /* events this worker published */
-  uint64_t received;       /* events that arrived from Redis */
-  uint64_t reconnects;     /* links made again after a loss */
-  int up;                  /* the link is up now */
-} rhub_stats_t;
-void rhub_get_stats(const rhub_t *rh, rhub_stats_t *out);
+/* The link's counters are the worker's (worker.h: redis_*), so that
+ * metrics can read them from any thread for as long as the worker lives. */
 
 /* Formats id as "MS-SEQ" into buf (at least 32 bytes); returns its length. */
 int rhub_format_id(uint64_t id, char *buf);

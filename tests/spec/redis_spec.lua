@@ -337,6 +337,10 @@ describe("with --redis", function()
     assert_quiet(on_a)
     assert.is_true(must(testing.client(a):get("/stats")):json().redis.reconnects >= 1)
     assert.matches("redis: connected again", a:log())
+    local m = must(testing.client(a):get("/_sluice/metrics")).body
+    assert.matches("\nsluice_redis_links_up 1\n", m)
+    assert.matches("\nsluice_redis_reconnects_total [1-9]", m)
+    assert.matches("\nsluice_redis_events_received_total [1-9]", m)
   end)
 
   it("answers a subscribe while Redis is down with nil, message", function()
