@@ -343,6 +343,33 @@ describe("with --redis", function()
     assert.matches("\nsluice_redis_events_received_total [1-9]", m)
   end)
 
+  it("ends the streams of a channel that lost history while a node was cut off", function()
+    a, b = node(nil, nil, { REDIS_TEST_HISTORY = 5 }), node(nil, nil, { REDIS_TEST_HISTORY = 5 })
+    local on_a = subscribe(a, "lossy")
+    local kept = subscribe(a, "calm")
+    local seen = publish_ok(b, "lossy", "l0")
+    assert.are.same({ seen }, ids_of(events(on_a, 1)))
+
+    r:call("CONFIG", "SET", "requirepass", "sekrit")
+    r.password = "sekrit"
+    assert.is_true(r:kill_clients_of(a.pid) >= 1)
+    local res = must(testing.client(b):post("/burst?ch=lossy&n=400&tag=l", ""))
+    assert.are.equal(200, res.status)
+    local calm = publish_ok(b, "calm", "c1")
+    r:call("CONFIG", "SET", "requirepass", "")
+    r.password = nil
+
+    -- The lossy channel's stream ends (its client is to resume and learn
+    -- of the gap); the other channel's stream gets what it missed.
+    local _, err = on_a:read_all(15)
+    assert.is_nil(err)
+    assert.are.same({ calm }, ids_of(events(kept, 1, 15)))
+    assert.matches("channel 'lossy' lost events from history", a:log())
+    local _, marker, replay = subscribe(a, "lossy", seen)
+    assert.is_false(marker.ok)
+    assert.are.same(res:json().ids[400], replay[#replay].id)
+  end)
+
   it("answers a subscribe while Redis is down with nil, message", function()
     a = node()
     r:stop()
