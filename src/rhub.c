@@ -28,6 +28,8 @@
 /* Reads of a readable Redis socket per loop turn, at most (hiredis reads
  * 16 KiB at a time). */
 #define READS_PER_TURN 64
+/* Live events a worker holds while its catch-up read is on its way. */
+#define HELD_MAX 65536
 
 /* Redis keys: one stream per channel, and the last id handed out. */
 #define STREAM_PREFIX "sluice:s:"
@@ -128,13 +130,30 @@ static const char functions_src[] =
     "  return out\n"
     "end}\n";
 
+/* The states of one connection to Redis. */
 enum link_state {
   LINK_DOWN,       /* no connection; the timer makes the next attempt */
-  LINK_CONNECTING, /* connections made, not both up yet (commands queue) */
-  LINK_UP,
-  LINK_FAILING,    /* lost: the timer tears down from a clean stack */
+  LINK_CONNECTING, /* connecting or setting up (commands queue meanwhile) */
+  LINK_UP,         /* its set-up answered */
+  LINK_FAILING,    /* lost: the timer tears it down from a clean stack */
   LINK_CLOSED      /* rhub_close: for good */
 };
+
+/* One of a worker's two connections to Redis, each with a life of its
+ * own: a lost pub/sub connection pauses delivery (then catches up), not
+ * publishing; a lost command connection fails publishes and reads, not
+ * delivery. */
+typedef struct rconn {
+  rhub_t *rh;
+  const char *role;        /* "cmd" or "sub" */
+  redisAsyncContext *ac;   /* NULL while down; its data points here */
+  enum link_state state;
+  uv_timer_t timer;        /* connect timeout, teardown, back-off */
+  uint64_t backoff_ms;
+  uint64_t down_since;     /* loop ms when it was lost; 0 while up */
+  uint64_t down_logged;    /* loop ms of the last "still down" line */
+  char reason[256];        /* why it went down */
+} rconn_t;
 
 /* One worker's subscription, on its pub/sub connection, to a channel's
  * notifications: it exists while the channel has subscribers on this
@@ -171,37 +190,39 @@ struct rhub_op {
   unsigned unlive;         /* subscribe: channels not live yet */
   hub_msg_t *held;         /* subscribe: live events waiting for the replay */
   size_t nheld, capheld;
+  unsigned gen;            /* catch-up: rh->catchup_gen when it was sent */
 };
 
 struct rhub {
   worker_t *w;
   rhub_config_t cfg;
-  redisAsyncContext *cmd, *sub;
-  /* The link is up once Redis took the functions (on cmd) and confirmed
-   * the anchor subscription (on sub): a connection alone may still be
-   * refused its commands (a password, an old Redis). */
-  unsigned functions_ok : 1, anchor_ok : 1;
-  enum link_state state;
-  uv_timer_t timer;        /* connect timeout, teardown, back-off */
+  /* A connection is up once its set-up is answered: Redis took the
+   * functions (cmd), confirmed the anchor subscription (sub).  A
+   * connection alone may still be refused its commands (a password, an
+   * old Redis). */
+  rconn_t cmd, sub;
+  int up;                  /* both are: the link is up */
+  int ever_up;
+  uint64_t down_since;     /* loop ms when the link went down; 0 while up */
   uv_timer_t defer;        /* ends abandoned operations on a clean stack */
-  int open_handles;        /* of the two above: rh is freed when both closed */
-  uint64_t backoff_ms;
-  uint64_t down_since;     /* loop ms when the link was lost; 0 while up */
-  uint64_t down_logged;    /* loop ms of the last "still down" line */
-  char reason[256];        /* why it went down */
+  int open_handles;        /* of the three timers: rh is freed when all closed */
   char notify_prefix[32];  /* "sluice:DB:n:": pub/sub is not per database */
   list_node_t chans;       /* every rchan */
   list_node_t waiting;     /* subscribe operations waiting for confirmations */
   list_node_t ended;       /* operations to end on the next loop turn */
   unsigned resub_pending;  /* catch-up: confirmations still to come */
   int catching_up;         /* live events wait in held for the catch-up read */
+  int catchup_wanted;      /* the read waits for the command connection */
+  unsigned catchup_gen;    /* counts pub/sub connections: a catch-up read
+                              answered after its connection was lost is stale */
   hub_msg_t *held;         /* with a channel reference each */
   size_t nheld, capheld;
 };
 
 static void send_catchup(rhub_t *rh);
 static void rchan_free(rchan_t *rc);
-static void link_ready(rhub_t *rh);
+static void conn_ready(rconn_t *c);
+static void conn_lost(rconn_t *c, const char *why);
 
 /* ---------------------------------------------------------------- ids */
 
@@ -530,7 +551,15 @@ static void on_message(rchan_t *rc, const char *s, size_t n) {
     return;
   }
   if (rh->catching_up) {
-    /* The catch-up read may or may not hold it: decide once it is in. */
+    /* The catch-up read may or may not hold it: decide once it is in.
+     * Should the read keep waiting (no command connection) while events
+     * pour in, the pub/sub connection starts over instead of holding
+     * them without bound. */
+    if (rh->nheld >= HELD_MAX) {
+      frame_unref(f);
+      conn_lost(&rh->sub, "too many events waiting for the catch-up read");
+      return;
+    }
     if (msgs_push(&rh->held, &rh->nheld, &rh->capheld, (hub_msg_t){rc->ch, id, f}) == 0) {
       hub_channel_retain(rh->w->srv->hub, rc->ch);
       return;
@@ -557,7 +586,7 @@ static void rchan_send_subscribe(rchan_t *rc) {
   cmd_add_notify(&c, rc->rh, rc->ch);
   /* Refused only while the connection is going down; the channel is
    * subscribed again on the next one. */
-  if (cmd_send(&c, rc->rh->sub, on_sub_reply, rc) == REDIS_OK) rc->state = RC_SUBSCRIBING;
+  if (cmd_send(&c, rc->rh->sub.ac, on_sub_reply, rc) == REDIS_OK) rc->state = RC_SUBSCRIBING;
 }
 
 /* The worker's subscription to ch, made (and its SUBSCRIBE sent) when
@@ -574,7 +603,7 @@ static rchan_t *rchan_follow(rhub_t *rh, hub_channel_t *ch) {
     loc->rc = rc;
     list_push_back(&rh->chans, &rc->node);
   }
-  if (rc->state == RC_IDLE && rh->sub != NULL)
+  if (rc->state == RC_IDLE && rh->sub.ac != NULL)
     rchan_send_subscribe(rc);
   else if (rc->state == RC_UNSUBSCRIBING)
     rc->resubscribe = 1;
@@ -609,7 +638,7 @@ static void rchan_unfollow(rchan_t *rc) {
       cmd_add(&c, "UNSUBSCRIBE");
       cmd_add_notify(&c, rc->rh, rc->ch);
       /* If refused, the connection is going: its end frees rc. */
-      if (cmd_send(&c, rc->rh->sub, NULL, NULL) == REDIS_OK) rc->state = RC_UNSUBSCRIBING;
+      if (cmd_send(&c, rc->rh->sub.ac, NULL, NULL) == REDIS_OK) rc->state = RC_UNSUBSCRIBING;
       return;
     }
     case RC_UNSUBSCRIBING:
@@ -652,13 +681,10 @@ static void rchan_live(rchan_t *rc) {
 static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata) {
   rchan_t *rc = privdata;
   redisReply *rep = reply;
-  if (rc == NULL) { /* the anchor channel (see link_connect) */
-    rhub_t *rh = ac->data;
+  if (rc == NULL) { /* the anchor channel (see conn_connect) */
     if (rep != NULL && rep->type == REDIS_REPLY_ARRAY && rep->elements >= 1 &&
-        rep->element[0]->type == REDIS_REPLY_STRING && strcmp(rep->element[0]->str, "subscribe") == 0) {
-      rh->anchor_ok = 1;
-      link_ready(rh);
-    }
+        rep->element[0]->type == REDIS_REPLY_STRING && strcmp(rep->element[0]->str, "subscribe") == 0)
+      conn_ready(ac->data);
     return;
   }
   if (rep == NULL) {
@@ -735,7 +761,7 @@ static int op_send_read(rhub_op_t *op) {
     int n = op->since[i] ? rhub_format_id(op->since[i], id) : 0;
     cmd_add2(&c, "", id, (size_t)n);
   }
-  return cmd_send(&c, rh->cmd, on_read_reply, op) == REDIS_OK ? 0 : -1;
+  return cmd_send(&c, rh->cmd.ac, on_read_reply, op) == REDIS_OK ? 0 : -1;
 }
 
 static int by_id(const void *a, const void *b) {
@@ -856,6 +882,7 @@ static void finish_catchup(rhub_op_t *op, hub_msg_t *evs, size_t n, const unsign
 static void on_read_reply(redisAsyncContext *ac, void *reply, void *privdata) {
   (void)ac;
   rhub_op_t *op = privdata;
+  rhub_t *rh = op->rh;
   redisReply *rep = reply;
   char why[256];
   hub_msg_t *evs = NULL;
@@ -873,10 +900,20 @@ static void on_read_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     status = UV_EIO;
     snprintf(why, sizeof(why), "redis: unexpected answer to a read");
   }
+  if (op->kind == OP_CATCHUP && (op->gen != rh->catchup_gen || !rh->catching_up)) {
+    status = UV_ECANCELED; /* its pub/sub connection was lost since: stale */
+    snprintf(why, sizeof(why), "redis: stale catch-up");
+  } else if (status != 0 && op->kind == OP_CATCHUP) {
+    /* Sent again on the next command connection; meanwhile live events
+     * keep waiting. */
+    if (rep != NULL) log_error("redis: catch-up read failed: %s", why);
+    rh->catchup_wanted = 1;
+  }
   if (status != 0) {
     if (op->kind == OP_SUBSCRIBE) op_unsubscribe(op);
-    if (op->kind == OP_CATCHUP && rep != NULL) log_error("redis: catch-up read failed: %s", why);
     op_fail(op, status, why);
+    msgs_unref(evs, n);
+    free(evs);
     free(gaps);
     return;
   }
@@ -927,82 +964,96 @@ static void send_catchup(rhub_t *rh) {
     if (op->since[op->n] == 0) op->since[op->n] = 1;
     op->n++;
   }
-  /* Refused only while the link is going down: the next one catches up. */
-  if (op_send_read(op) != 0) op_free(op);
+  op->gen = rh->catchup_gen;
+  /* Without a command connection the read waits for the next one. */
+  rh->catchup_wanted = 0;
+  if (op_send_read(op) != 0) {
+    op_free(op);
+    rh->catchup_wanted = 1;
+  }
 }
 
 /* ----------------------------------------------------------------- link */
 
-static void on_timer(uv_timer_t *t);
+static void on_conn_timer(uv_timer_t *t);
 
-/* Notes that the link is lost; the timer tears it down from the loop,
- * outside hiredis's callbacks. */
-static void link_lost(rhub_t *rh, const char *why) {
-  if (rh->state == LINK_FAILING || rh->state == LINK_DOWN || rh->state == LINK_CLOSED) return;
-  snprintf(rh->reason, sizeof(rh->reason), "%s", why && *why ? why : "connection closed");
-  rh->state = LINK_FAILING;
-  __atomic_store_n(&rh->w->stats.redis_up, 0, __ATOMIC_RELAXED);
-  uv_timer_start(&rh->timer, on_timer, 0, 0);
+/* Whether operations on c are sent (or queue for an attempt underway)
+ * rather than refused. */
+static int conn_usable(const rconn_t *c) {
+  return c->state == LINK_UP || c->state == LINK_CONNECTING;
+}
+
+/* Notes that the link as a whole went up or down, for stats and logs. */
+static void link_update(rhub_t *rh) {
+  int up = rh->cmd.state == LINK_UP && rh->sub.state == LINK_UP;
+  if (up == rh->up) return;
+  rh->up = up;
+  __atomic_store_n(&rh->w->stats.redis_up, (uint64_t)up, __ATOMIC_RELAXED);
+  uint64_t now = worker_now(rh->w);
+  if (!up) {
+    rh->down_since = now;
+  } else if (rh->ever_up) {
+    STAT_ADD(rh->w, redis_reconnects, 1);
+    log_info("redis: connected again to %s:%d after %.1f s", rh->cfg.host, rh->cfg.port,
+             (double)(now - rh->down_since) / 1000);
+  } else {
+    rh->ever_up = 1;
+    log_info("redis: connected to %s:%d (db %d)", rh->cfg.host, rh->cfg.port, rh->cfg.db);
+  }
+}
+
+/* Notes that c is lost; its timer tears it down from the loop, outside
+ * hiredis's callbacks. */
+static void conn_lost(rconn_t *c, const char *why) {
+  if (c->state == LINK_FAILING || c->state == LINK_DOWN || c->state == LINK_CLOSED) return;
+  snprintf(c->reason, sizeof(c->reason), "%s", why && *why ? why : "connection closed");
+  c->state = LINK_FAILING;
+  link_update(c->rh);
+  uv_timer_start(&c->timer, on_conn_timer, 0, 0);
+}
+
+/* c answered its set-up: it is up. */
+static void conn_ready(rconn_t *c) {
+  rhub_t *rh = c->rh;
+  if (c->state != LINK_CONNECTING) return;
+  c->state = LINK_UP;
+  uv_timer_stop(&c->timer);
+  c->backoff_ms = BACKOFF_MIN_MS;
+  c->down_since = 0;
+  link_update(rh);
+  if (c == &rh->cmd && rh->catchup_wanted) send_catchup(rh);
 }
 
 static void on_connect(const redisAsyncContext *ac, int status) {
-  rhub_t *rh = ac->data;
-  if (status != REDIS_OK) {
-    /* hiredis frees ac after this returns. */
-    if (ac == rh->cmd) rh->cmd = NULL;
-    if (ac == rh->sub) rh->sub = NULL;
-    link_lost(rh, ac->errstr);
-    return;
-  }
-}
-
-/* Both connections answered their set-up: the link is up. */
-static void link_ready(rhub_t *rh) {
-  if (!rh->functions_ok || !rh->anchor_ok || rh->state != LINK_CONNECTING) return;
-  rh->state = LINK_UP;
-  __atomic_store_n(&rh->w->stats.redis_up, 1, __ATOMIC_RELAXED);
-  uv_timer_stop(&rh->timer);
-  rh->backoff_ms = BACKOFF_MIN_MS;
-  if (rh->down_since != 0) {
-    STAT_ADD(rh->w, redis_reconnects, 1);
-    log_info("redis: connected again to %s:%d after %.1f s", rh->cfg.host, rh->cfg.port,
-             (double)(worker_now(rh->w) - rh->down_since) / 1000);
-  } else {
-    log_info("redis: connected to %s:%d (db %d)", rh->cfg.host, rh->cfg.port, rh->cfg.db);
-  }
-  rh->down_since = 0;
+  rconn_t *c = ac->data;
+  if (status == REDIS_OK) return; /* up once its set-up is answered */
+  c->ac = NULL; /* hiredis frees ac after this returns */
+  conn_lost(c, ac->errstr);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status) {
   (void)status;
-  rhub_t *rh = ac->data;
-  if (ac == rh->cmd)
-    rh->cmd = NULL;
-  else if (ac == rh->sub)
-    rh->sub = NULL;
-  else
-    return; /* one we freed ourselves */
-  link_lost(rh, ac->errstr);
+  rconn_t *c = ac->data;
+  if (c->ac != ac) return; /* one we freed ourselves */
+  c->ac = NULL;
+  conn_lost(c, ac->errstr);
 }
 
 /* Answers of the set-up commands (privdata names the command): an error
  * ends this attempt, with the reason logged once per outage. */
 static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata) {
   redisReply *rep = reply;
-  rhub_t *rh = ac->data;
+  rconn_t *c = ac->data;
   if (rep == NULL) return;
   const char *what = privdata;
   if (rep->type == REDIS_REPLY_ERROR) {
     char why[300];
     snprintf(why, sizeof(why), "%s: %s%s", what, rep->str,
              strstr(rep->str, "unknown command") ? " (sluice needs Redis 7 or later)" : "");
-    link_lost(rh, why);
+    conn_lost(c, why);
     return;
   }
-  if (strcmp(what, "FUNCTION LOAD") == 0) {
-    rh->functions_ok = 1;
-    link_ready(rh);
-  }
+  if (strcmp(what, "FUNCTION LOAD") == 0) conn_ready(c);
 }
 
 /* ----------------------------------------------------------- the poll */
@@ -1092,99 +1143,111 @@ static int rpoll_attach(redisAsyncContext *ac, uv_loop_t *loop) {
   return 0;
 }
 
-static redisAsyncContext *context_new(rhub_t *rh, const char *role) {
+/* A new connection for c, with the set-up every connection needs (AUTH,
+ * a name); NULL with c->reason set when it cannot even start. */
+static redisAsyncContext *context_new(rconn_t *c) {
+  rhub_t *rh = c->rh;
   redisAsyncContext *ac = redisAsyncConnect(rh->cfg.host, rh->cfg.port);
   if (ac == NULL) {
-    snprintf(rh->reason, sizeof(rh->reason), "out of memory");
+    snprintf(c->reason, sizeof(c->reason), "out of memory");
     return NULL;
   }
   if (ac->err) {
-    snprintf(rh->reason, sizeof(rh->reason), "%s", ac->errstr);
+    snprintf(c->reason, sizeof(c->reason), "%s", ac->errstr);
     redisAsyncFree(ac);
     return NULL;
   }
-  ac->data = rh;
-  cmd_t c;
+  ac->data = c;
   if (rpoll_attach(ac, &rh->w->loop) != 0) {
-    snprintf(rh->reason, sizeof(rh->reason), "cannot watch the connection");
+    snprintf(c->reason, sizeof(c->reason), "cannot watch the connection");
     redisAsyncFree(ac);
     return NULL;
   }
   redisAsyncSetConnectCallback(ac, on_connect);
   redisAsyncSetDisconnectCallback(ac, on_disconnect);
+  cmd_t cmd;
   if (rh->cfg.password[0] != '\0') {
-    cmd_init(&c);
-    cmd_add(&c, "AUTH");
-    cmd_add(&c, rh->cfg.password);
-    cmd_send(&c, ac, on_setup_reply, "AUTH");
+    cmd_init(&cmd);
+    cmd_add(&cmd, "AUTH");
+    cmd_add(&cmd, rh->cfg.password);
+    cmd_send(&cmd, ac, on_setup_reply, "AUTH");
   }
   /* Named, so that CLIENT LIST tells an operator whose connection it is. */
   char name[64];
-  snprintf(name, sizeof(name), "sluice-%d-w%d-%s", (int)getpid(), rh->w->id, role);
-  cmd_init(&c);
-  cmd_add(&c, "CLIENT");
-  cmd_add(&c, "SETNAME");
-  cmd_add(&c, name);
-  cmd_send(&c, ac, on_setup_reply, "CLIENT SETNAME");
+  snprintf(name, sizeof(name), "sluice-%d-w%d-%s", (int)getpid(), rh->w->id, c->role);
+  cmd_init(&cmd);
+  cmd_add(&cmd, "CLIENT");
+  cmd_add(&cmd, "SETNAME");
+  cmd_add(&cmd, name);
+  cmd_send(&cmd, ac, on_setup_reply, "CLIENT SETNAME");
   return ac;
 }
 
-/* Starts a connection attempt: both connections, their set-up, and the
- * channels followed here subscribed again (then the catch-up read). */
-static void link_connect(rhub_t *rh) {
-  rh->functions_ok = rh->anchor_ok = 0;
-  rh->cmd = context_new(rh, "cmd");
-  rh->sub = rh->cmd ? context_new(rh, "sub") : NULL;
-  rh->state = LINK_CONNECTING;
-  if (rh->cmd == NULL || rh->sub == NULL) {
-    link_lost(rh, rh->reason);
+/* Starts a connection attempt for c and its set-up: on cmd the database
+ * and the functions; on sub the anchor subscription, and every channel
+ * followed here subscribed again, then the catch-up read. */
+static void conn_connect(rconn_t *c) {
+  rhub_t *rh = c->rh;
+  c->state = LINK_CONNECTING;
+  c->ac = context_new(c);
+  if (c->ac == NULL) {
+    conn_lost(c, c->reason);
     return;
   }
-  cmd_t c;
-  if (rh->cfg.db != 0) {
-    cmd_init(&c);
-    cmd_add(&c, "SELECT");
-    cmd_addu(&c, (unsigned long long)rh->cfg.db);
-    cmd_send(&c, rh->cmd, on_setup_reply, "SELECT");
-  }
-  cmd_init(&c);
-  cmd_add(&c, "FUNCTION");
-  cmd_add(&c, "LOAD");
-  cmd_add(&c, "REPLACE");
-  cmd_add2(&c, "", functions_src, sizeof(functions_src) - 1);
-  cmd_send(&c, rh->cmd, on_setup_reply, "FUNCTION LOAD");
-  /* An anchor subscription that is never dropped: hiredis 0.14 leaves
-   * pub/sub mode when a reply says zero channels are left, even with a
-   * SUBSCRIBE still on its way, and then fails on that SUBSCRIBE's reply. */
-  cmd_init(&c);
-  cmd_add(&c, "SUBSCRIBE");
-  cmd_add2(&c, rh->notify_prefix, "", 0);
-  cmd_send(&c, rh->sub, on_sub_reply, NULL);
-  rh->resub_pending = 0;
-  for (list_node_t *p = rh->chans.next; p != &rh->chans; p = p->next) {
-    rchan_t *rc = list_entry(p, rchan_t, node);
-    rchan_send_subscribe(rc);
-    if (rc->state == RC_SUBSCRIBING) {
-      rc->in_catchup = 1;
-      rh->resub_pending++;
+  cmd_t cmd;
+  if (c == &rh->cmd) {
+    if (rh->cfg.db != 0) {
+      cmd_init(&cmd);
+      cmd_add(&cmd, "SELECT");
+      cmd_addu(&cmd, (unsigned long long)rh->cfg.db);
+      cmd_send(&cmd, c->ac, on_setup_reply, "SELECT");
     }
+    cmd_init(&cmd);
+    cmd_add(&cmd, "FUNCTION");
+    cmd_add(&cmd, "LOAD");
+    cmd_add(&cmd, "REPLACE");
+    cmd_add2(&cmd, "", functions_src, sizeof(functions_src) - 1);
+    cmd_send(&cmd, c->ac, on_setup_reply, "FUNCTION LOAD");
+  } else {
+    /* An anchor subscription that is never dropped: hiredis 0.14 leaves
+     * pub/sub mode when a reply says zero channels are left, even with a
+     * SUBSCRIBE still on its way, and then fails on that SUBSCRIBE's
+     * reply. */
+    cmd_init(&cmd);
+    cmd_add(&cmd, "SUBSCRIBE");
+    cmd_add2(&cmd, rh->notify_prefix, "", 0);
+    cmd_send(&cmd, c->ac, on_sub_reply, NULL);
+    rh->catchup_gen++;
+    rh->resub_pending = 0;
+    for (list_node_t *p = rh->chans.next; p != &rh->chans; p = p->next) {
+      rchan_t *rc = list_entry(p, rchan_t, node);
+      rchan_send_subscribe(rc);
+      if (rc->state == RC_SUBSCRIBING) {
+        rc->in_catchup = 1;
+        rh->resub_pending++;
+      }
+    }
+    rh->catching_up = rh->resub_pending > 0;
   }
-  rh->catching_up = rh->resub_pending > 0;
-  uv_timer_start(&rh->timer, on_timer, CONNECT_TIMEOUT_MS, 0);
+  uv_timer_start(&c->timer, on_conn_timer, CONNECT_TIMEOUT_MS, 0);
 }
 
-/* Closes both connections: operations in flight end with status, the
- * channels followed here wait (idle) for the next link, subscribes that
- * waited for a confirmation fail. */
-static void link_teardown(rhub_t *rh, int status, const char *why) {
-  redisAsyncContext *cmd = rh->cmd, *sub = rh->sub;
-  rh->cmd = rh->sub = NULL;
-  rh->functions_ok = rh->anchor_ok = 0;
-  rh->catching_up = 0;
-  rh->resub_pending = 0;
-  /* Their pending callbacks run now, with no reply. */
-  if (cmd != NULL) redisAsyncFree(cmd);
-  if (sub != NULL) redisAsyncFree(sub);
+/* Closes c: what waits on it ends with status.  For the pub/sub
+ * connection, the channels followed here wait (idle) for the next one,
+ * and subscribes that waited for a confirmation fail. */
+static void conn_teardown(rconn_t *c, int status, const char *why) {
+  rhub_t *rh = c->rh;
+  redisAsyncContext *ac = c->ac;
+  c->ac = NULL;
+  int sub = c == &rh->sub;
+  if (sub) {
+    rh->catching_up = 0;
+    rh->catchup_wanted = 0;
+    rh->resub_pending = 0;
+  }
+  /* Its pending callbacks run now, with no reply. */
+  if (ac != NULL) redisAsyncFree(ac);
+  if (!sub) return;
   hub_msgs_release(rh->w->srv->hub, rh->held, rh->nheld);
   rh->held = NULL;
   rh->nheld = rh->capheld = 0;
@@ -1196,31 +1259,33 @@ static void link_teardown(rhub_t *rh, int status, const char *why) {
   }
 }
 
-static void on_timer(uv_timer_t *t) {
-  rhub_t *rh = t->data;
+static void on_conn_timer(uv_timer_t *t) {
+  rconn_t *c = t->data;
+  rhub_t *rh = c->rh;
   uint64_t now = worker_now(rh->w);
-  switch (rh->state) {
+  switch (c->state) {
     case LINK_CONNECTING:
-      link_lost(rh, "timed out connecting");
+      conn_lost(c, "timed out connecting");
       return;
     case LINK_FAILING:
       /* Down first, so that what the failures wake cannot start more. */
-      rh->state = LINK_DOWN;
-      if (rh->down_since == 0) {
-        rh->down_since = rh->down_logged = now;
-        log_warn("redis: %s:%d unavailable (%s); publishing fails until it is back, retrying",
-                 rh->cfg.host, rh->cfg.port, rh->reason);
-      } else if (now - rh->down_logged >= DOWN_LOG_EVERY_MS) {
-        rh->down_logged = now;
-        log_warn("redis: %s:%d still unavailable after %.0f s (%s)", rh->cfg.host, rh->cfg.port,
-                 (double)(now - rh->down_since) / 1000, rh->reason);
+      c->state = LINK_DOWN;
+      if (c->down_since == 0) {
+        c->down_since = c->down_logged = now;
+        log_warn("redis: %s connection to %s:%d lost (%s); %s until it is back, retrying", c->role,
+                 rh->cfg.host, rh->cfg.port, c->reason,
+                 c == &rh->cmd ? "publishing fails" : "delivery from other nodes waits");
+      } else if (now - c->down_logged >= DOWN_LOG_EVERY_MS) {
+        c->down_logged = now;
+        log_warn("redis: %s connection to %s:%d still down after %.0f s (%s)", c->role,
+                 rh->cfg.host, rh->cfg.port, (double)(now - c->down_since) / 1000, c->reason);
       }
-      link_teardown(rh, UV_ECONNRESET, "redis: connection lost");
-      uv_timer_start(&rh->timer, on_timer, rh->backoff_ms, 0);
-      rh->backoff_ms = rh->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : rh->backoff_ms * 2;
+      conn_teardown(c, UV_ECONNRESET, "redis: connection lost");
+      uv_timer_start(&c->timer, on_conn_timer, c->backoff_ms, 0);
+      c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
       return;
     case LINK_DOWN:
-      link_connect(rh);
+      conn_connect(c);
       return;
     default:
       return;
@@ -1228,6 +1293,15 @@ static void on_timer(uv_timer_t *t) {
 }
 
 /* ----------------------------------------------------------------- API */
+
+/* Sets up c, one of rh's connections, and starts connecting. */
+static void conn_init(rhub_t *rh, rconn_t *c, const char *role) {
+  c->rh = rh;
+  c->role = role;
+  c->backoff_ms = BACKOFF_MIN_MS;
+  uv_timer_init(&rh->w->loop, &c->timer);
+  c->timer.data = c;
+}
 
 rhub_t *rhub_new(worker_t *w, const rhub_config_t *cfg) {
   rhub_t *rh = calloc(1, sizeof(*rh));
@@ -1238,33 +1312,37 @@ rhub_t *rhub_new(worker_t *w, const rhub_config_t *cfg) {
   list_init(&rh->chans);
   list_init(&rh->waiting);
   list_init(&rh->ended);
-  uv_timer_init(&w->loop, &rh->timer);
   uv_timer_init(&w->loop, &rh->defer);
-  rh->timer.data = rh->defer.data = rh;
-  rh->open_handles = 2;
-  rh->backoff_ms = BACKOFF_MIN_MS;
-  link_connect(rh);
+  rh->defer.data = rh;
+  conn_init(rh, &rh->cmd, "cmd");
+  conn_init(rh, &rh->sub, "sub");
+  rh->open_handles = 3;
+  conn_connect(&rh->cmd);
+  conn_connect(&rh->sub);
   return rh;
 }
 
-static void on_handle_closed(uv_handle_t *h) {
-  rhub_t *rh = h->data;
+/* One of rh's timers is closed: the last frees rh. */
+static void handle_closed(rhub_t *rh) {
   if (--rh->open_handles == 0) free(rh);
 }
 
+static void on_defer_closed(uv_handle_t *h) { handle_closed(h->data); }
+
+static void on_conn_timer_closed(uv_handle_t *h) { handle_closed(((rconn_t *)h->data)->rh); }
+
 void rhub_close(rhub_t *rh) {
-  rh->state = LINK_CLOSED;
+  rh->cmd.state = rh->sub.state = LINK_CLOSED;
   __atomic_store_n(&rh->w->stats.redis_up, 0, __ATOMIC_RELAXED);
-  uv_timer_stop(&rh->timer);
-  link_teardown(rh, UV_ECANCELED, "redis: closing");
+  uv_timer_stop(&rh->cmd.timer);
+  uv_timer_stop(&rh->sub.timer);
+  conn_teardown(&rh->cmd, UV_ECANCELED, "redis: closing");
+  conn_teardown(&rh->sub, UV_ECANCELED, "redis: closing");
   on_defer(&rh->defer);
   while (!list_empty(&rh->chans)) rchan_free(list_entry(rh->chans.next, rchan_t, node));
-  uv_close((uv_handle_t *)&rh->timer, on_handle_closed);
-  uv_close((uv_handle_t *)&rh->defer, on_handle_closed);
-}
-
-int rhub_usable(const rhub_t *rh) {
-  return rh->state == LINK_UP || rh->state == LINK_CONNECTING;
+  uv_close((uv_handle_t *)&rh->cmd.timer, on_conn_timer_closed);
+  uv_close((uv_handle_t *)&rh->sub.timer, on_conn_timer_closed);
+  uv_close((uv_handle_t *)&rh->defer, on_defer_closed);
 }
 
 static void on_publish_reply(redisAsyncContext *ac, void *reply, void *privdata) {
@@ -1293,7 +1371,7 @@ static void on_publish_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
 int rhub_publish(rhub_t *rh, const char *name, size_t len, const frame_t *body, size_t id_at,
                  rhub_done_fn done, void *ud, rhub_op_t **opp, const char **err) {
-  if (!rhub_usable(rh)) {
+  if (!conn_usable(&rh->cmd)) {
     *err = "redis: not connected";
     return UV_ENOTCONN;
   }
@@ -1315,7 +1393,7 @@ int rhub_publish(rhub_t *rh, const char *name, size_t len, const frame_t *body, 
   cmd_add2(&c, rh->notify_prefix, name, len);
   cmd_addu(&c, id_at);
   cmd_add2(&c, "", body->data, body->len);
-  if (cmd_send(&c, rh->cmd, on_publish_reply, op) != REDIS_OK) {
+  if (cmd_send(&c, rh->cmd.ac, on_publish_reply, op) != REDIS_OK) {
     op_free(op);
     *err = "redis: connection lost";
     return UV_ECONNRESET;
@@ -1328,7 +1406,7 @@ int rhub_subscribe(rhub_t *rh, struct req *r, hub_channel_t **chs, int n, int ha
                    uint64_t since, rhub_done_fn done, void *ud, rhub_op_t **opp,
                    rhub_result_t *res, const char **err) {
   memset(res, 0, sizeof(*res));
-  if (!rhub_usable(rh)) {
+  if (!conn_usable(&rh->cmd) || !conn_usable(&rh->sub)) {
     *err = "redis: not connected";
     return UV_ENOTCONN;
   }
@@ -1413,7 +1491,7 @@ int rhub_subscribe(rhub_t *rh, struct req *r, hub_channel_t **chs, int n, int ha
 
 int rhub_history(rhub_t *rh, const char *name, size_t len, int has_since, uint64_t since,
                  size_t limit, rhub_done_fn done, void *ud, rhub_op_t **opp, const char **err) {
-  if (!rhub_usable(rh)) {
+  if (!conn_usable(&rh->cmd)) {
     *err = "redis: not connected";
     return UV_ENOTCONN;
   }

@@ -94,10 +94,6 @@ rhub_t *rhub_new(struct worker *w, const rhub_config_t *cfg);
  * run the loop afterwards. */
 void rhub_close(rhub_t *rh);
 
-/* Whether the link is usable: operations made now are sent (or wait for a
- * connection attempt in progress) rather than refused. */
-int rhub_usable(const rhub_t *rh);
-
 /* Publishes an encoded event (without id; the id line goes at byte id_at)
  * on the channel named name.  0 with *op set (done is called later), or a
  * negative errno with *err set and nothing published. */

@@ -343,6 +343,27 @@ describe("with --redis", function()
     assert.matches("\nsluice_redis_events_received_total [1-9]", m)
   end)
 
+  it("keeps publishing when only the pub/sub connections are lost, and delivers all after", function()
+    a, b = node(), node()
+    local on_b = subscribe(b, "pubsub")
+    local want, ids = {}, {}
+    for i = 1, 40 do
+      if i == 11 then
+        -- Redis drops every pub/sub connection (as at its output limit);
+        -- the command connections stay.
+        assert.is_true(r:call("CLIENT", "KILL", "TYPE", "pubsub") >= 2)
+      end
+      want[i] = "p" .. i
+      ids[i] = publish_ok(i % 2 == 0 and a or b, "pubsub", want[i])
+    end
+    local got = events(on_b, 40, 15)
+    assert.are.same(want, data_of(got))
+    assert.are.same(ids, ids_of(got))
+    assert_quiet(on_b)
+    assert.matches("sub connection to [%d.:]+ lost", b:log())
+    assert.is_nil(b:log():find("cmd connection", 1, true))
+  end)
+
   it("ends the streams of a channel that lost history while a node was cut off", function()
     a, b = node(nil, nil, { REDIS_TEST_HISTORY = 5 }), node(nil, nil, { REDIS_TEST_HISTORY = 5 })
     local on_a = subscribe(a, "lossy")
