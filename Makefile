@@ -8,7 +8,7 @@ JOBS      ?= $(shell nproc 2>/dev/null || echo 2)
 
 # Debian packages the build, the tests and the demo need.
 DEPS := build-essential cmake pkg-config libuv1-dev liblua5.4-dev lua5.4 \
-        node-llhttp libjansson-dev libcurl4-openssl-dev libhiredis-dev redis-server lua-busted lua-socket lua-dkjson \
+        node-llhttp libjansson-dev libcurl4-openssl-dev libhiredis-dev redis-server nginx caddy lua-busted lua-socket lua-dkjson \
         cmd:node=nodejs,npm \
         clang-14 libclang-rt-14-dev llvm-14
 
