@@ -43,8 +43,9 @@ static const char usage[] =
     "  --access-log on|off  one log line per request and per stream (default on)\n"
     "  --log-format F       text or json (default text)\n"
     "  --admin-token T      /_sluice/metrics and /_sluice/health need\n"
-    "                       'Authorization: Bearer T' (default: metrics answer\n"
-    "                       loopback clients only, health anyone)\n"
+    "                       'Authorization: Bearer T' (default $SLUICE_ADMIN_TOKEN;\n"
+    "                       without one, metrics answer loopback clients only,\n"
+    "                       health anyone)\n"
     "  --redis URL          share channels and history with other nodes through\n"
     "                       Redis 7+: redis://[:PASSWORD@]HOST[:PORT][/DB]\n"
     "                       (default $SLUICE_REDIS; without it, in memory)\n"
@@ -222,6 +223,11 @@ int main(int argc, char **argv) {
     return 1;
   }
   find_lua_dir(cfg.lua_dir, sizeof(cfg.lua_dir));
+  if (cfg.admin_token == NULL) {
+    /* From the environment, the token stays out of `ps`. */
+    const char *env = getenv("SLUICE_ADMIN_TOKEN");
+    if (env != NULL && *env) cfg.admin_token = env;
+  }
   if (cfg.redis_url == NULL) {
     const char *env = getenv("SLUICE_REDIS");
     if (env != NULL && *env) cfg.redis_url = env;

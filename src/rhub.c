@@ -25,6 +25,9 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 1000
 #define DOWN_LOG_EVERY_MS 30000
+/* A command connection with commands waiting this long for an answer is
+ * taken for lost (Redis hung, or the network went quiet). */
+#define ANSWER_TIMEOUT_MS 5000
 /* Reads of a readable Redis socket per loop turn, at most (hiredis reads
  * 16 KiB at a time). */
 #define READS_PER_TURN 64
@@ -153,6 +156,9 @@ typedef struct rconn {
   uint64_t down_since;     /* loop ms when it was lost; 0 while up */
   uint64_t down_logged;    /* loop ms of the last "still down" line */
   char reason[256];        /* why it went down */
+  unsigned waiting;        /* commands sent and not answered (cmd only) */
+  uint64_t last_answer;    /* loop ms of the last answer, or of the send
+                              that made waiting non-zero */
 } rconn_t;
 
 /* One worker's subscription, on its pub/sub connection, to a channel's
@@ -223,6 +229,8 @@ static void send_catchup(rhub_t *rh);
 static void rchan_free(rchan_t *rc);
 static void conn_ready(rconn_t *c);
 static void conn_lost(rconn_t *c, const char *why);
+static void conn_sent(rconn_t *c);
+static void conn_answered(rconn_t *c);
 
 /* ---------------------------------------------------------------- ids */
 
@@ -761,7 +769,9 @@ static int op_send_read(rhub_op_t *op) {
     int n = op->since[i] ? rhub_format_id(op->since[i], id) : 0;
     cmd_add2(&c, "", id, (size_t)n);
   }
-  return cmd_send(&c, rh->cmd.ac, on_read_reply, op) == REDIS_OK ? 0 : -1;
+  if (cmd_send(&c, rh->cmd.ac, on_read_reply, op) != REDIS_OK) return -1;
+  conn_sent(&rh->cmd);
+  return 0;
 }
 
 static int by_id(const void *a, const void *b) {
@@ -884,6 +894,7 @@ static void on_read_reply(redisAsyncContext *ac, void *reply, void *privdata) {
   rhub_op_t *op = privdata;
   rhub_t *rh = op->rh;
   redisReply *rep = reply;
+  conn_answered(&rh->cmd);
   char why[256];
   hub_msg_t *evs = NULL;
   size_t n = 0;
@@ -977,10 +988,23 @@ static void send_catchup(rhub_t *rh) {
 
 static void on_conn_timer(uv_timer_t *t);
 
-/* Whether operations on c are sent (or queue for an attempt underway)
- * rather than refused. */
+/* Whether operations on c are sent rather than refused: while it is up,
+ * and while the first attempt is underway (commands queue until it is
+ * answered); after a loss, only once it is back, so that while Redis is
+ * away every call fails at once instead of waiting on each attempt. */
 static int conn_usable(const rconn_t *c) {
-  return c->state == LINK_UP || c->state == LINK_CONNECTING;
+  return c->state == LINK_UP || (c->state == LINK_CONNECTING && c->down_since == 0);
+}
+
+/* A command that expects an answer went out on c. */
+static void conn_sent(rconn_t *c) {
+  if (c->waiting++ == 0) c->last_answer = worker_now(c->rh->w);
+}
+
+/* An answer (or its end, NULL, at a teardown) came in on c. */
+static void conn_answered(rconn_t *c) {
+  if (c->waiting > 0) c->waiting--;
+  c->last_answer = worker_now(c->rh->w);
 }
 
 /* Notes that the link as a whole went up or down, for stats and logs. */
@@ -1018,6 +1042,8 @@ static void conn_ready(rconn_t *c) {
   if (c->state != LINK_CONNECTING) return;
   c->state = LINK_UP;
   uv_timer_stop(&c->timer);
+  /* While up, the command connection's timer watches for answers. */
+  if (c == &rh->cmd) uv_timer_start(&c->timer, on_conn_timer, ANSWER_TIMEOUT_MS / 5, ANSWER_TIMEOUT_MS / 5);
   c->backoff_ms = BACKOFF_MIN_MS;
   c->down_since = 0;
   link_update(rh);
@@ -1240,6 +1266,7 @@ static void conn_teardown(rconn_t *c, int status, const char *why) {
   redisAsyncContext *ac = c->ac;
   c->ac = NULL;
   int sub = c == &rh->sub;
+  c->waiting = 0;
   if (sub) {
     rh->catching_up = 0;
     rh->catchup_wanted = 0;
@@ -1286,6 +1313,10 @@ static void on_conn_timer(uv_timer_t *t) {
       return;
     case LINK_DOWN:
       conn_connect(c);
+      return;
+    case LINK_UP:
+      if (c->waiting > 0 && now - c->last_answer >= ANSWER_TIMEOUT_MS)
+        conn_lost(c, "no answer for 5 s");
       return;
     default:
       return;
@@ -1349,6 +1380,7 @@ static void on_publish_reply(redisAsyncContext *ac, void *reply, void *privdata)
   (void)ac;
   rhub_op_t *op = privdata;
   redisReply *rep = reply;
+  conn_answered(&op->rh->cmd);
   char why[256];
   rhub_result_t res = {0};
   int status = 0;
@@ -1398,6 +1430,7 @@ int rhub_publish(rhub_t *rh, const char *name, size_t len, const frame_t *body, 
     *err = "redis: connection lost";
     return UV_ECONNRESET;
   }
+  conn_sent(&rh->cmd);
   *opp = op;
   return 0;
 }
