@@ -394,6 +394,7 @@ static void on_close(uv_handle_t *h) {
   wq_free(&c->wq);
   buf_free(&c->stash);
   http_parser_free(c->parser);
+  free(c->peer);
   free(c);
   worker_conn_closed(w);
 }

@@ -55,6 +55,9 @@ typedef struct conn {
   list_node_t pend;         /* on w->pending */
   list_node_t tnode;        /* on w->head_wait or w->idle_wait */
   uint64_t deadline;        /* for the list tnode is on */
+  char *peer;               /* the peer's address as text, once asked for
+                               (request.c caches it: the access log asks
+                               for every request) */
   uint8_t state;
   unsigned end_after_flush : 1; /* close once the queue is empty */
   unsigned reading : 1;

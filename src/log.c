@@ -23,14 +23,28 @@ void log_set_thread_name(const char *name) {
 }
 
 size_t log_timestamp(char *out) {
+  /* The date and time to the second, formatted once a second per thread:
+   * an access log writes a record per request. */
+  static _Thread_local time_t sec = -1;
+  static _Thread_local char prefix[64]; /* "YYYY-MM-DDTHH:MM:SS" */
   struct timeval tv;
   gettimeofday(&tv, NULL);
-  struct tm tm;
-  gmtime_r(&tv.tv_sec, &tm);
-  int n = snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                   (int)(tv.tv_usec / 1000));
-  return n > 0 ? (size_t)n : 0;
+  if (tv.tv_sec != sec) {
+    struct tm tm;
+    gmtime_r(&tv.tv_sec, &tm);
+    snprintf(prefix, sizeof(prefix), "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    sec = tv.tv_sec;
+  }
+  int ms = (int)(tv.tv_usec / 1000);
+  memcpy(out, prefix, 19);
+  out[19] = '.';
+  out[20] = (char)('0' + ms / 100);
+  out[21] = (char)('0' + ms / 10 % 10);
+  out[22] = (char)('0' + ms % 10);
+  out[23] = 'Z';
+  out[24] = '\0';
+  return 24;
 }
 
 size_t log_json_escape(char *out, size_t cap, const char *s, size_t n) {

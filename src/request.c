@@ -379,13 +379,23 @@ void req_handler_done(req_t *r) {
 }
 
 int req_remote_addr(const req_t *r, char *out, size_t len) {
-  if (r->conn == NULL) return -EPIPE;
-  struct sockaddr_storage ss;
-  int n = sizeof(ss);
-  int rc = uv_tcp_getpeername(&r->conn->tcp, (struct sockaddr *)&ss, &n);
-  if (rc) return rc;
-  if (ss.ss_family == AF_INET6) return uv_ip6_name((struct sockaddr_in6 *)&ss, out, len);
-  return uv_ip4_name((struct sockaddr_in *)&ss, out, len);
+  conn_t *c = r->conn;
+  if (c == NULL) return -EPIPE;
+  if (c->peer == NULL) {
+    /* Once per connection: a keep-alive client's requests share it. */
+    char text[64];
+    struct sockaddr_storage ss;
+    int n = sizeof(ss);
+    int rc = uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &n);
+    if (rc == 0)
+      rc = ss.ss_family == AF_INET6 ? uv_ip6_name((struct sockaddr_in6 *)&ss, text, sizeof(text))
+                                    : uv_ip4_name((struct sockaddr_in *)&ss, text, sizeof(text));
+    if (rc) return rc;
+    c->peer = strdup(text);
+    if (c->peer == NULL) return snprintf(out, len, "%s", text) < 0 ? -ENOMEM : 0;
+  }
+  snprintf(out, len, "%s", c->peer);
+  return 0;
 }
 
 void req_continue(req_t *r) {
