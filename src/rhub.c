@@ -254,8 +254,14 @@ static int parse_num(const char *s, size_t n, uint64_t limit, uint64_t *out) {
 
 int rhub_parse_id(const char *s, size_t n, uint64_t *id) {
   const char *dash = memchr(s, '-', n);
-  if (dash == NULL) return 0;
   uint64_t ms, seq;
+  if (dash == NULL) {
+    /* "MS" alone is "MS-0", as Redis reads it: "0" is older than every id
+     * (pages that start with no history resume from it). */
+    if (!parse_num(s, n, UINT64_C(1) << (64 - SEQ_BITS), &ms)) return 0;
+    *id = ms << SEQ_BITS;
+    return 1;
+  }
   if (!parse_num(s, (size_t)(dash - s), UINT64_C(1) << (64 - SEQ_BITS), &ms) ||
       !parse_num(dash + 1, n - (size_t)(dash - s) - 1, UINT64_C(1) << SEQ_BITS, &seq))
     return 0;

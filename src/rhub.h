@@ -133,7 +133,8 @@ void rhub_sub_removed(rhub_t *rh, struct sub *s);
 /* Formats id as "MS-SEQ" into buf (at least 32 bytes); returns its length. */
 int rhub_format_id(uint64_t id, char *buf);
 
-/* Parses "MS-SEQ": 1 with *id set, or 0 for anything else. */
+/* Parses "MS-SEQ", or "MS" alone (as "MS-0", the way Redis reads it):
+ * 1 with *id set, or 0 for anything else. */
 int rhub_parse_id(const char *s, size_t n, uint64_t *id);
 
 /* Whether a channel of this name stays in each node's own hub. */

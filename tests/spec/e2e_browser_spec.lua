@@ -3,7 +3,8 @@
 -- with the browser's own EventSource and fetch.
 --
 --   * clock: ticks arrive live;
---   * chat: two pages in two browser contexts see each other's messages in
+--   * chat: two pages in two browser contexts (on one server, and on two
+--     nodes sharing a Redis of the test's own) see each other's messages in
 --     the same order; a page outlives a SIGKILL of the server and its
 --     restart on the same port, reconnects by itself with Last-Event-ID and
 --     shows every message exactly once;
@@ -16,6 +17,7 @@
 -- refused reconnect while the chat server is down). Screenshots of each
 -- page, wide and 390 px narrow, go to <build>/screenshots/.
 local testing = require "sluice.testing"
+local redis = require "redis"
 local browser = require "browser"
 local upstream = require "upstream"
 
@@ -145,10 +147,12 @@ describe("the demo pages in Chromium", function()
   ----------------------------------------------------------------- chat
 
   describe("apps/chat", function()
-    it("two pages in two browser contexts see each other's messages in the same order", function()
-      local srv = start(root .. "/apps/chat")
-      local ann = b:open(srv:url("/"), { context = "ann" })
-      local bob = b:open(srv:url("/"), { context = "bob" })
+    --- Ann on ann_srv and Bob on bob_srv (the same server, or two nodes
+    --- sharing Redis) chat; both pages must show every message, in the
+    --- order the server's history has them.
+    local function converse(ann_srv, bob_srv, shot)
+      local ann = b:open(ann_srv:url("/"), { context = "ann" })
+      local bob = b:open(bob_srv:url("/"), { context = "bob" })
       for _, p in ipairs { ann, bob } do p:wait(JS.state_is, "live", 10, "chat never went live") end
       ann:fill("#name", "Ann")
       bob:fill("#name", "Bob")
@@ -174,7 +178,7 @@ describe("the demo pages in Chromium", function()
       local a, bb = ann:eval(JS.messages), bob:eval(JS.messages)
       assert.are.equal(#lines, #a)
       -- the same messages in the same order on both, the order the server gave them
-      local order = json.decode(assert(testing.client(srv):get("/history")).body)
+      local order = json.decode(assert(testing.client(bob_srv):get("/history")).body)
       assert.are.equal(#lines, #order)
       for i = 1, #lines do
         assert.are.same({ user = order[i].user, text = order[i].text }, { user = a[i].user, text = a[i].text })
@@ -188,10 +192,26 @@ describe("the demo pages in Chromium", function()
       assert.are.same({ lines[1][2], lines[3][2], lines[5][2] }, sent.Ann)
       assert.are.same({ lines[2][2], lines[4][2], lines[6][2] }, sent.Bob)
       assert.are.equal("", ann:eval("() => document.querySelector('#text').value"), "the input was not cleared")
-      shoot(ann, "chat")
+      if shot then shoot(ann, shot) end
       b:close_context("ann")
       b:close_context("bob")
       no_console_errors()
+    end
+
+    it("two pages in two browser contexts see each other's messages in the same order", function()
+      local srv = start(root .. "/apps/chat")
+      converse(srv, srv, "chat")
+    end)
+
+    it("two pages on two nodes sharing Redis see the same conversation", function()
+      local r = redis.start()
+      local opts = { args = { "--redis", r:url() } }
+      local ok, err = pcall(converse, start(root .. "/apps/chat", opts), start(root .. "/apps/chat", opts))
+      for _, srv in ipairs(servers) do srv:stop() end
+      servers = {}
+      r:stop()
+      testing.remove_tempdir(r.dir)
+      assert(ok, err)
     end)
 
     it("reconnects after the server is killed and restarted, and shows every message exactly once", function()

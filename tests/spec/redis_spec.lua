@@ -193,6 +193,15 @@ describe("with --redis", function()
     assert_quiet(on_b)
   end)
 
+  it("replays everything to a page that resumes from \"0\" (it had no history yet)", function()
+    a, b = node(), node()
+    local ids = {}
+    for i = 1, 3 do ids[i] = publish_ok(a, "zero", "z" .. i) end
+    local _, marker, replay = subscribe(b, "zero", "0")
+    assert.are.same({ replayed = 3, ok = true }, marker)
+    assert.are.same(ids, ids_of(replay))
+  end)
+
   it("resumes several channels with one Last-Event-ID, in id order across nodes", function()
     a, b = node(), node()
     local first = publish_ok(a, "x", "x0")

@@ -43,7 +43,12 @@ static void test_ids(void) {
   CHECK(rhub_parse_id("1700000000000-4194303", 21, &a) == 1);
   CHECK(a < b); /* the last SEQ of a millisecond is below the next one */
   CHECK(rhub_format_id(a, buf) == 21 && strcmp(buf, "1700000000000-4194303") == 0);
-  static const char *bad[] = {"", "-", "12", "12-", "-3", "1-2-3", "12-4194304", "a-1",
+  CHECK(rhub_parse_id("0", 1, &a) == 1 && a == 0); /* older than every id */
+  CHECK(rhub_parse_id("1700000000000", 13, &a) == 1);
+  CHECK(rhub_parse_id("1700000000000-0", 15, &b) == 1 && a == b);
+  /* A microsecond id of the in-memory hub is far past any Redis clock. */
+  CHECK(rhub_parse_id("1732190000000123", 16, &a) == 0);
+  static const char *bad[] = {"", "-", "12-", "-3", "1-2-3", "12-4194304", "a-1",
                               "1-a", "12 -1", "99999999999999999999-0", NULL};
   for (int i = 0; bad[i]; i++) CHECK(rhub_parse_id(bad[i], strlen(bad[i]), &a) == 0);
 }
