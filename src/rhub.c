@@ -11,12 +11,12 @@
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
-#include <sys/ioctl.h>
 
 #include "buf.h"
 #include "fanout.h"
 #include "log.h"
 #include "request.h"
+#include "rpoll.h"
 #include "worker.h"
 
 #define SEQ_BITS 22
@@ -1088,93 +1088,6 @@ static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata) {
   if (strcmp(what, "FUNCTION LOAD") == 0) conn_ready(c);
 }
 
-/* ----------------------------------------------------------- the poll */
-
-/* hiredis's event hooks on a uv_poll.  Unlike hiredis's own libuv adapter,
- * a readable socket is read until it is empty (READS_PER_TURN reads at
- * most): one 16 KiB read per loop turn caps a worker's intake of
- * notifications, and a worker busy writing to many subscribers would fall
- * behind Redis until Redis closed the connection at its pub/sub output
- * limit.  The poll's memory is freed in its close callback, after hiredis
- * let go of it (the cleanup hook). */
-typedef struct rpoll {
-  redisAsyncContext *ac; /* NULL once hiredis freed the context */
-  uv_poll_t poll;
-  int events;
-} rpoll_t;
-
-static void rpoll_cb(uv_poll_t *h, int status, int events) {
-  rpoll_t *p = h->data;
-  if (status < 0 || p->ac == NULL) return;
-  if (events & UV_WRITABLE) redisAsyncHandleWrite(p->ac);
-  if (!(events & UV_READABLE)) return;
-  for (int i = 0; i < READS_PER_TURN && p->ac != NULL; i++) {
-    redisAsyncHandleRead(p->ac);
-    int pending = 0;
-    if (p->ac == NULL || ioctl(p->ac->c.fd, FIONREAD, &pending) != 0 || pending <= 0) break;
-  }
-}
-
-/* Watches the events p->events asks for (none: stops watching). */
-static void rpoll_update(rpoll_t *p) {
-  if (p->events)
-    uv_poll_start(&p->poll, p->events, rpoll_cb);
-  else
-    uv_poll_stop(&p->poll);
-}
-
-static void rpoll_add_read(void *d) {
-  rpoll_t *p = d;
-  p->events |= UV_READABLE;
-  rpoll_update(p);
-}
-
-static void rpoll_del_read(void *d) {
-  rpoll_t *p = d;
-  p->events &= ~UV_READABLE;
-  rpoll_update(p);
-}
-
-static void rpoll_add_write(void *d) {
-  rpoll_t *p = d;
-  p->events |= UV_WRITABLE;
-  rpoll_update(p);
-}
-
-static void rpoll_del_write(void *d) {
-  rpoll_t *p = d;
-  p->events &= ~UV_WRITABLE;
-  rpoll_update(p);
-}
-
-static void rpoll_free(uv_handle_t *h) { free(h->data); }
-
-/* hiredis is freeing the context: the poll goes, in its close callback. */
-static void rpoll_cleanup(void *d) {
-  rpoll_t *p = d;
-  p->ac = NULL;
-  uv_close((uv_handle_t *)&p->poll, rpoll_free);
-}
-
-/* Hooks ac to a poll on loop: 0, or -1 (ac is left as it was). */
-static int rpoll_attach(redisAsyncContext *ac, uv_loop_t *loop) {
-  rpoll_t *p = calloc(1, sizeof(*p));
-  if (p == NULL) return -1;
-  if (uv_poll_init(loop, &p->poll, ac->c.fd) != 0) {
-    free(p);
-    return -1;
-  }
-  p->ac = ac;
-  p->poll.data = p;
-  ac->ev.data = p;
-  ac->ev.addRead = rpoll_add_read;
-  ac->ev.delRead = rpoll_del_read;
-  ac->ev.addWrite = rpoll_add_write;
-  ac->ev.delWrite = rpoll_del_write;
-  ac->ev.cleanup = rpoll_cleanup;
-  return 0;
-}
-
 /* A new connection for c, with the set-up every connection needs (AUTH,
  * a name); NULL with c->reason set when it cannot even start. */
 static redisAsyncContext *context_new(rconn_t *c) {
@@ -1190,7 +1103,7 @@ static redisAsyncContext *context_new(rconn_t *c) {
     return NULL;
   }
   ac->data = c;
-  if (rpoll_attach(ac, &rh->w->loop) != 0) {
+  if (rpoll_attach(ac, &rh->w->loop, READS_PER_TURN) != 0) {
     snprintf(c->reason, sizeof(c->reason), "cannot watch the connection");
     redisAsyncFree(ac);
     return NULL;
