@@ -3,7 +3,6 @@
 
 #include <stdint.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "http.h"
 #include "log.h"
@@ -134,11 +133,6 @@ void access_log(req_t *r) {
 }
 
 void access_flush(worker_t *w) {
-  size_t off = 0;
-  while (off < w->access.len) {
-    ssize_t n = write(STDERR_FILENO, w->access.p + off, w->access.len - off);
-    if (n <= 0) break; /* nowhere to report a failing stderr */
-    off += (size_t)n;
-  }
+  log_out(w->access.p, w->access.len);
   buf_clear(&w->access);
 }

@@ -4,7 +4,7 @@
  *
  * Records go to stderr with the rest of the log, as text or JSON
  * (--log-format), unless --access-log off.  A worker gathers the records
- * of one loop turn in its own buffer and writes them with one write(2)
+ * of one loop turn in its own buffer and writes them in one go (log_out)
  * before the loop sleeps, as it does its sockets' output: a busy worker
  * pays a syscall per turn, not per request.
  */

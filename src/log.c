@@ -1,6 +1,7 @@
 /* log.c - see log.h. */
 #include "log.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -11,6 +12,20 @@
 static enum log_level min_level = LOG_INFO;
 static int json; /* set once at startup, before any worker runs */
 static _Thread_local char thread_name[16] = "main";
+/* Writers to stderr take turns: a write to a pipe (journald, docker) is
+ * atomic only up to PIPE_BUF, so records could tear across workers. */
+static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void log_out(const char *p, size_t n) {
+  pthread_mutex_lock(&out_lock);
+  while (n > 0) {
+    ssize_t w = write(STDERR_FILENO, p, n);
+    if (w <= 0) break; /* nowhere to report a failing stderr */
+    p += w;
+    n -= (size_t)w;
+  }
+  pthread_mutex_unlock(&out_lock);
+}
 
 void log_set_level(enum log_level level) { min_level = level; }
 
@@ -47,11 +62,40 @@ size_t log_timestamp(char *out) {
   return 24;
 }
 
+/* The length of the valid UTF-8 sequence starting at s[0..n) (n > 0), or
+ * 0 when it is not one (overlong forms and surrogates included). */
+static size_t utf8_len(const unsigned char *s, size_t n) {
+  unsigned c = s[0];
+  size_t len = c < 0xc2 ? 0 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : c < 0xf5 ? 4 : 0;
+  if (len == 0 || len > n) return 0;
+  for (size_t i = 1; i < len; i++)
+    if ((s[i] & 0xc0) != 0x80) return 0;
+  if (len == 3 && ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] >= 0xa0))) return 0;
+  if (len == 4 && ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] >= 0x90))) return 0;
+  return len;
+}
+
 size_t log_json_escape(char *out, size_t cap, const char *s, size_t n) {
   static const char hex[] = "0123456789abcdef";
   size_t o = 0;
   for (size_t i = 0; i < n; i++) {
     unsigned char c = (unsigned char)s[i];
+    if (c >= 0x80) {
+      /* Valid UTF-8 as it is; any other byte as U+FFFD, so that every
+       * record is valid JSON whatever a client sent. */
+      size_t len = utf8_len((const unsigned char *)s + i, n - i);
+      if (len == 0) {
+        if (o + 6 > cap) break;
+        memcpy(out + o, "\\ufffd", 6);
+        o += 6;
+        continue;
+      }
+      if (o + len > cap) break;
+      memcpy(out + o, s + i, len);
+      o += len;
+      i += len - 1;
+      continue;
+    }
     char esc = c == '"' ? '"' : c == '\\' ? '\\' : c == '\n' ? 'n' : c == '\t' ? 't' : c == '\r' ? 'r' : 0;
     size_t need = esc ? 2 : c < 0x20 || c == 0x7f ? 6 : 1;
     if (o + need > cap) break;
@@ -103,6 +147,5 @@ void log_write(enum log_level level, const char *fmt, ...) {
     }
   }
   line[len++] = '\n';
-  ssize_t w = write(STDERR_FILENO, line, len);
-  (void)w; /* nowhere to report a failing stderr */
+  log_out(line, len);
 }

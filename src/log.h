@@ -1,9 +1,11 @@
 /*
  * log.h - one-line log records on stderr.
  *
- * Each record is formatted into one buffer and written with a single write(2)
- * so lines from different workers never interleave.  A record carries the UTC
- * time, the level and the worker that wrote it ("main" for the main thread).
+ * Each record is formatted into one buffer and written whole, under a lock
+ * every thread's writes share, so lines from different workers never
+ * interleave (a write(2) to a pipe is atomic only up to PIPE_BUF).  A
+ * record carries the UTC time, the level and the worker that wrote it
+ * ("main" for the main thread).
  */
 #ifndef SLUICE_LOG_H
 #define SLUICE_LOG_H
@@ -30,9 +32,14 @@ int log_is_json(void);
 size_t log_timestamp(char *out);
 
 /* Writes s[0..n) as the inside of a JSON string into out (capacity cap):
- * quotes, backslashes and control bytes escaped.  Returns the length
+ * quotes, backslashes and control bytes escaped, bytes that are not UTF-8
+ * as U+FFFD (needs up to 6 bytes of out per byte of s).  Returns the length
  * written; stops early (at a character boundary) when out is full. */
 size_t log_json_escape(char *out, size_t cap, const char *s, size_t n);
+
+/* Writes n bytes of whole records to stderr, in turn with every other
+ * thread's records. */
+void log_out(const char *p, size_t n);
 
 /* Writes one record.  Embedded newlines (tracebacks) are kept. */
 void log_write(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

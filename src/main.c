@@ -105,6 +105,17 @@ static void find_lua_dir(char *out, size_t len) {
       if (access(probe, R_OK) == 0 && realpath(dir, out)) return;
     }
   }
+  /* The install prefix's, else (a build tree outside the sources) the
+   * library of the sources it was built from. */
+  const char *fallbacks[] = {SLUICE_LUA_INSTALL_DIR, SLUICE_LUA_SOURCE_DIR, NULL};
+  for (int i = 0; fallbacks[i]; i++) {
+    char probe[PATH_MAX + 32];
+    snprintf(probe, sizeof(probe), "%s/sluice/init.lua", fallbacks[i]);
+    if (access(probe, R_OK) == 0) {
+      snprintf(out, len, "%s", fallbacks[i]);
+      return;
+    }
+  }
   snprintf(out, len, "%s", SLUICE_LUA_INSTALL_DIR);
 }
 
@@ -228,6 +239,9 @@ int main(int argc, char **argv) {
     const char *env = getenv("SLUICE_ADMIN_TOKEN");
     if (env != NULL && *env) cfg.admin_token = env;
   }
+  /* A bearer token is one word: one with a space could never be sent. */
+  if (cfg.admin_token != NULL && strpbrk(cfg.admin_token, " \t\r\n") != NULL)
+    die("%s", "the admin token must not contain white space");
   if (cfg.redis_url == NULL) {
     const char *env = getenv("SLUICE_REDIS");
     if (env != NULL && *env) cfg.redis_url = env;

@@ -52,6 +52,12 @@ req_t *req_new(conn_t *c) {
 void req_dispatch(req_t *r) {
   http_msg_t *m = &r->msg;
   r->t0 = uv_hrtime();
+  if (r->w->cfg->access_log && r->conn->peer == NULL) {
+    /* Read now, while the peer is surely there: a stream is logged when it
+     * ends, and after a reset the address can no longer be read. */
+    char addr[64];
+    req_remote_addr(r, addr, sizeof(addr));
+  }
   r->keep_alive = m->keep_alive;
   r->head_only = m->method == HTTP_METHOD_HEAD;
   const char *q = memchr(m->raw.p, '?', m->url_len);

@@ -55,6 +55,20 @@ static int probe_port(const server_config_t *cfg) {
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   int rc = bind(fd, sa, server.addrlen);
   int e = errno;
+  if (rc == 0 && cfg->port == 0) {
+    /* Port 0: the kernel's pick, the same for every worker's listener. */
+    struct sockaddr_storage ss;
+    socklen_t n = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &n) == 0) {
+      uint16_t port = ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                               : ((struct sockaddr_in *)&ss)->sin_port;
+      if (server.addr.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&server.addr)->sin6_port = port;
+      else
+        ((struct sockaddr_in *)&server.addr)->sin_port = port;
+      server.cfg.port = ntohs(port);
+    }
+  }
   close(fd);
   if (rc != 0) {
     if (e == EADDRINUSE)
@@ -285,7 +299,7 @@ int server_run(const server_config_t *cfg) {
     }
   }
   log_info("sluice %s serving %s on http://%s:%d with %d worker%s%s", SLUICE_VERSION,
-           cfg->app_dir, cfg->host, cfg->port, cfg->workers, cfg->workers == 1 ? "" : "s",
+           cfg->app_dir, cfg->host, server.cfg.port, cfg->workers, cfg->workers == 1 ? "" : "s",
            cfg->reload ? " (reload on)" : "");
 
   uv_timer_init(loop, &watchdog);

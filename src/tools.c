@@ -228,6 +228,24 @@ static int copy_file(const char *src, const char *dst, const subst_t *subs) {
   return rc;
 }
 
+/* Writes prefix + s into out as one shell word: in single quotes, each
+ * quote in it written '\''.  Truncates to fit (out has at least 8 bytes). */
+static void shell_quote(const char *s, const char *prefix, char *out, size_t cap) {
+  size_t o = 0;
+  out[o++] = '\'';
+  for (const char *p = prefix; *p && o + 6 < cap; p++) out[o++] = *p;
+  for (const char *p = s; *p && o + 6 < cap; p++) {
+    if (*p == '\'') {
+      memcpy(out + o, "'\\''", 4);
+      o += 4;
+    } else {
+      out[o++] = *p;
+    }
+  }
+  out[o++] = '\'';
+  out[o] = '\0';
+}
+
 /* Copies the template folder src into the existing folder dst, in name
  * order, naming each file made as shown/... on stdout.
  * 0, or a negative errno with the path it failed on in failed. */
@@ -314,6 +332,10 @@ int tools_new(int argc, char **argv, const char *lua_dir) {
             strerror(-rc), dir);
     return 1;
   }
-  printf("\nrun it:   %s %s\ntest it:  cd %s && busted\n", argv[0], dir, dir);
+  /* As a shell takes them: quoted, and "./NAME" for a bare name, which
+   * could be a subcommand ("check", "new"). */
+  char quoted[2 * PATH_MAX + 8];
+  shell_quote(dir, strchr(dir, '/') ? "" : "./", quoted, sizeof(quoted));
+  printf("\nrun it:   %s %s\ntest it:  cd %s && busted\n", argv[0], quoted, quoted);
   return 0;
 }

@@ -61,7 +61,7 @@ static uint64_t thread_cpu_ms(worker_t *w) {
 void worker_watchdog(worker_t *w, uint64_t now_ms) {
   (void)now_ms;
   uint64_t since = atomic_load(&w->busy_since);
-  double budget = w->app.cpu_budget;
+  double budget = (double)atomic_load(&w->budget_us) / 1e6;
   if (since == 0 || budget <= 0) return;
   /* CPU time, not wall time: a handler waiting for a busy machine's CPU is
    * not running away.  The baseline is taken when the watchdog first sees
@@ -253,6 +253,13 @@ static void begin_stop(worker_t *w) {
   if (w->nconns == 0) finish(w);
 }
 
+/* Publishes the app's cpu_budget to the watchdog, which runs on the main
+ * thread while a reload may rewrite w->app. */
+static void set_budget(worker_t *w) {
+  double b = w->app.cpu_budget > 0 ? w->app.cpu_budget : 0;
+  atomic_store(&w->budget_us, (uint_least64_t)(b * 1e6));
+}
+
 /* Loads the app into a fresh VM; on success new requests go to it at once
  * and the old VM runs on only for the handlers it already has. */
 static void reload_app(worker_t *w) {
@@ -268,6 +275,7 @@ static void reload_app(worker_t *w) {
   runtime_t *old = w->rt;
   w->rt = nrt;
   w->app = *rt_opts(nrt);
+  set_budget(w);
   frame_t *hb = sse_encode_comment(w->app.heartbeat_comment, strlen(w->app.heartbeat_comment));
   if (hb != NULL) {
     frame_unref(w->heartbeat);
@@ -410,7 +418,10 @@ static void worker_main(void *arg) {
   w->inbox.wake = &w->wake;
   w->rt = rt_new(w, w->start_error, sizeof(w->start_error));
   int rc = w->rt ? 0 : -EINVAL;
-  if (rc == 0) w->app = *rt_opts(w->rt);
+  if (rc == 0) {
+    w->app = *rt_opts(w->rt);
+    set_budget(w);
+  }
   if (rc == 0) {
     w->heartbeat = sse_encode_comment(w->app.heartbeat_comment, strlen(w->app.heartbeat_comment));
     if (w->heartbeat == NULL) rc = -ENOMEM;

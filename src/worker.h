@@ -128,6 +128,7 @@ typedef struct worker {
   atomic_uint_least64_t busy_since; /* loop ms when the resume began; 0 idle */
   atomic_uint resume_gen;
   atomic_uint kill_gen;
+  atomic_uint_least64_t budget_us;  /* the app's cpu_budget, for the watchdog's thread */
   void *volatile running_co;        /* lua_State being resumed */
   pthread_t tid;
   unsigned wd_gen;                  /* main thread only: the resume it timed */

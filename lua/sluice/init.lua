@@ -531,7 +531,9 @@ end
 local function admin_allowed(h, open)
   local headers = core.req_headers(h)
   if core.admin_token then
-    local token = (headers.authorization or ""):match("^[Bb]earer +(%S+) *$")
+    -- The scheme's name is case-insensitive (RFC 9110).
+    local scheme, token = (headers.authorization or ""):match("^(%a+) +(%S+) *$")
+    if not (scheme and scheme:lower() == "bearer") then token = nil end
     if token and core.admin_token_ok(token) then return true end
     return false, 401, "an admin token is needed: Authorization: Bearer TOKEN\n"
   end

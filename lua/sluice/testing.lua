@@ -1012,7 +1012,10 @@ function Stream:_line(line)
   elseif field == "data" then
     self._data[#self._data + 1] = value
   elseif field == "id" then
-    if not value:find("\0", 1, true) then self._last_id = value end
+    if not value:find("\0", 1, true) then
+      self._last_id = value
+      self._id_seen = true
+    end
   elseif field == "retry" then
     if value:match("^%d+$") then
       self.retry = math.tointeger(tonumber(value))
@@ -1078,7 +1081,8 @@ end
 --- Opens the stream again as a browser's EventSource does after a drop:
 --- this one is closed, and a new request for the same path, with the same
 --- options, sends the last event ID seen as Last-Event-ID (when no event
---- carried an id, the one this stream was opened with, if any).
+--- carried an id, the one this stream was opened with, if any; after an
+--- empty `id:`, none, as a browser does).
 ---@param timeout? number seconds to connect and to read the head (default 5)
 ---@return sluice.testing.Stream? stream
 ---@return string? err
@@ -1086,7 +1090,7 @@ function Stream:reconnect(timeout)
   self:close()
   local opts = {}
   for k, v in pairs(self._opts) do opts[k] = v end
-  if self._last_id ~= "" then opts.last_event_id = self._last_id end
+  if self._id_seen then opts.last_event_id = self._last_id ~= "" and self._last_id or nil end
   opts.timeout = timeout or opts.timeout
   return self._client:sse(self._path, opts)
 end

@@ -37,6 +37,32 @@ describe("command line", function()
     assert.is_truthy(errs[1]:find("does-not-exist", 1, true), "stderr:\n" .. r.stderr)
   end)
 
+  it("--port 0 serves every worker on the one port the kernel picked", function()
+    local bin = os.getenv("SLUICE_BIN") or (testing.root .. "/build/sluice")
+    local base = os.tmpname()
+    local inner = ("%s --port 0 --workers 2 %s >%s 2>&1 & echo $! >%s"):format(
+      testing.command_line { bin, testing.root .. "/tests/apps/channels" },
+      "", testing.shell_quote(base .. ".log"), testing.shell_quote(base .. ".pid"))
+    os.execute("sh -c " .. testing.shell_quote(inner) .. " </dev/null >/dev/null 2>&1")
+    local port = testing.wait_for(function()
+      local log = testing.read_file(base .. ".log")
+      return log and math.tointeger(tonumber(log:match("on http://127%.0%.0%.1:(%d+)")))
+    end, 5)
+    local pid = testing.read_file(base .. ".pid")
+    finally(function()
+      if pid then os.execute("kill " .. pid:match("%d+") .. " 2>/dev/null") end
+      for _, ext in ipairs { "", ".log", ".pid" } do os.remove(base .. ext) end
+    end)
+    assert.is_true(port ~= nil and port > 0, testing.read_file(base .. ".log"))
+    -- Connections spread over both workers' listeners, all on that port.
+    local seen = {}
+    for _ = 1, 40 do
+      local res = assert(testing.client(port):get("/stats"))
+      seen[res:json().worker] = true
+    end
+    assert.are.same({ [1] = true, [2] = true }, seen)
+  end)
+
   it("refuses an unknown flag with an error line", function()
     local r = testing.run { "--no-such-flag", APP }
     assert.are_not.equal(0, r.status)

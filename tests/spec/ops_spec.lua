@@ -127,6 +127,8 @@ describe("--admin-token", function()
       assert.are.equal(401, c:get(path, { headers = { Authorization = "Bearer s3cre" } }).status)
       res = c:get(path, { headers = { Authorization = "Bearer s3cret", ["X-Forwarded-For"] = "203.0.113.9" } })
       assert.are.equal(200, res.status)
+      -- the scheme's name in any case
+      assert.are.equal(200, c:get(path, { headers = { Authorization = "BEARER s3cret" } }).status)
     end
     srv:stop()
   end)
@@ -189,6 +191,39 @@ describe("the access log", function()
     end
     assert.are.equal(2, access)
     assert.are.equal(1, errors)
+  end)
+
+  it("names the client of a stream that ended with a reset", function()
+    local srv = testing.start(APP)
+    local conn = assert(testing.connect(srv))
+    assert(conn:send(testing.request_bytes("GET", "/events", { headers = { Accept = "text/event-stream" } })))
+    assert(conn:receive_until("\r\n\r\n", 5))
+    conn.sock:setoption("linger", { on = true, timeout = 0 }) -- close with RST
+    conn:close()
+    local line
+    assert.is_truthy(testing.wait_for(function()
+      line = srv:log():match("[^\n]* \"GET /events\" [^\n]*")
+      return line
+    end, 5))
+    assert.matches(" access %[w1%] 127%.0%.0%.1 ", line)
+    srv:stop()
+  end)
+
+  it("keeps JSON records valid whatever bytes a client sent", function()
+    local srv = testing.start(APP, { args = { "--log-format", "json" } })
+    local conn = assert(testing.connect(srv))
+    assert(conn:send("GET /hello?\255\254\128a=\226\130\172 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    assert(conn:receive_until("\r\n\r\n", 5))
+    conn:close()
+    srv:stop()
+    local targets = {}
+    for line in srv:log():gmatch("[^\n]+") do
+      local rec = json.decode(line)
+      assert.is_table(rec, line)
+      if rec.type == "access" then targets[#targets + 1] = rec.target end
+    end
+    -- invalid bytes as U+FFFD, valid UTF-8 (the euro sign) as it is
+    assert.are.same({ "/hello?\239\191\189\239\191\189\239\191\189a=\226\130\172" }, targets)
   end)
 
   it("is silent with --access-log off", function()

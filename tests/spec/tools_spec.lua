@@ -126,6 +126,15 @@ end)
 describe("sluice new", function()
   local FILES = { ".busted", "app.lua", "public/index.html", "spec/app_spec.lua" }
 
+  it("quotes the paths it prints as a shell needs them", function()
+    local parent = testing.tempdir() .. "/a b'c"
+    assert(os.execute("mkdir " .. testing.shell_quote(parent)))
+    local r = testing.run { "new", parent .. "/demo" }
+    assert.are.equal(0, r.status, r.stderr)
+    local quoted = "'" .. parent:gsub("'", "'\\''") .. "/demo'"
+    assert.matches("cd " .. quoted .. " && busted", r.stdout, 1, true)
+  end)
+
   it("makes an app from the templates and says how to run it", function()
     local dir = testing.tempdir() .. "/demo"
     local r = testing.run { "new", dir }
@@ -135,8 +144,9 @@ describe("sluice new", function()
       local text = assert(testing.read_file(dir .. "/" .. f), f .. " missing")
       assert.is_nil(text:find("{{", 1, true), f .. " still has a placeholder")
     end
-    assert.matches(BIN .. " " .. dir, r.stdout, 1, true)
-    assert.matches("cd " .. dir .. " && busted", r.stdout, 1, true)
+    -- as a shell takes them: quoted
+    assert.matches(BIN .. " '" .. dir .. "'", r.stdout, 1, true)
+    assert.matches("cd '" .. dir .. "' && busted", r.stdout, 1, true)
     assert.matches("<title>demo</title>", testing.read_file(dir .. "/public/index.html"), 1, true)
 
     local check = testing.run { "check", dir }
