@@ -25,8 +25,8 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 1000
 #define DOWN_LOG_EVERY_MS 30000
-/* A command connection with commands waiting this long for an answer is
- * taken for lost (Redis hung, or the network went quiet). */
+/* A connection with commands (or subscriptions) waiting this long for an
+ * answer is taken for lost (Redis hung, or the network went quiet). */
 #define ANSWER_TIMEOUT_MS 5000
 /* Reads of a readable Redis socket per loop turn, at most (hiredis reads
  * 16 KiB at a time). */
@@ -156,7 +156,7 @@ typedef struct rconn {
   uint64_t down_since;     /* loop ms when it was lost; 0 while up */
   uint64_t down_logged;    /* loop ms of the last "still down" line */
   char reason[256];        /* why it went down */
-  unsigned waiting;        /* commands sent and not answered (cmd only) */
+  unsigned waiting;        /* commands (SUBSCRIBEs) sent and not answered */
   uint64_t last_answer;    /* loop ms of the last answer, or of the send
                               that made waiting non-zero */
 } rconn_t;
@@ -173,6 +173,8 @@ typedef struct rchan {
   enum { RC_IDLE, RC_SUBSCRIBING, RC_LIVE, RC_UNSUBSCRIBING } state;
   unsigned resubscribe : 1; /* subscribers came back while unsubscribing */
   unsigned in_catchup : 1;  /* its confirmation is awaited by the catch-up */
+  unsigned synced : 1;      /* a read covering it completed since it was
+                               subscribed: last_id and base mean something */
   unsigned waiters;         /* subscribe operations waiting for it to be live */
   list_node_t node;         /* on rh->chans */
 } rchan_t;
@@ -197,6 +199,7 @@ struct rhub_op {
   hub_msg_t *held;         /* subscribe: live events waiting for the replay */
   size_t nheld, capheld;
   unsigned gen;            /* catch-up: rh->catchup_gen when it was sent */
+  unsigned history_since : 1; /* history: since was given */
 };
 
 struct rhub {
@@ -549,6 +552,7 @@ static void deliver(rchan_t *rc, uint64_t id, frame_t *f) {
 static void on_message(rchan_t *rc, const char *s, size_t n) {
   rhub_t *rh = rc->rh;
   STAT_ADD(rh->w, redis_received, 1);
+  rh->sub.last_answer = worker_now(rh->w); /* alive: confirmations may queue behind */
   const char *sp1 = memchr(s, ' ', n);
   const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', n - (size_t)(sp1 + 1 - s)) : NULL;
   uint64_t id, at;
@@ -600,7 +604,10 @@ static void rchan_send_subscribe(rchan_t *rc) {
   cmd_add_notify(&c, rc->rh, rc->ch);
   /* Refused only while the connection is going down; the channel is
    * subscribed again on the next one. */
-  if (cmd_send(&c, rc->rh->sub.ac, on_sub_reply, rc) == REDIS_OK) rc->state = RC_SUBSCRIBING;
+  if (cmd_send(&c, rc->rh->sub.ac, on_sub_reply, rc) == REDIS_OK) {
+    rc->state = RC_SUBSCRIBING;
+    conn_sent(&rc->rh->sub);
+  }
 }
 
 /* The worker's subscription to ch, made (and its SUBSCRIBE sent) when
@@ -652,7 +659,10 @@ static void rchan_unfollow(rchan_t *rc) {
       cmd_add(&c, "UNSUBSCRIBE");
       cmd_add_notify(&c, rc->rh, rc->ch);
       /* If refused, the connection is going: its end frees rc. */
-      if (cmd_send(&c, rc->rh->sub.ac, NULL, NULL) == REDIS_OK) rc->state = RC_UNSUBSCRIBING;
+      if (cmd_send(&c, rc->rh->sub.ac, NULL, NULL) == REDIS_OK) {
+        rc->state = RC_UNSUBSCRIBING;
+        conn_sent(&rc->rh->sub);
+      }
       return;
     }
     case RC_UNSUBSCRIBING:
@@ -670,6 +680,10 @@ static void rchan_live(rchan_t *rc) {
   rc->state = RC_LIVE;
   if (rc->waiters == 0) return;
   int w = rh->w->idx;
+  /* The operations ready now move to a list of their own first: sending
+   * one may fail and resume Lua, which must not find this walk midway. */
+  list_node_t ready;
+  list_init(&ready);
   list_node_t *p = rh->waiting.next;
   while (p != &rh->waiting && rc->waiters > 0) {
     rhub_op_t *op = list_entry(p, rhub_op_t, node);
@@ -680,12 +694,14 @@ static void rchan_live(rchan_t *rc) {
       op->unlive--;
       rc->waiters--;
     }
-    if (op->unlive == 0) {
-      list_remove(&op->node);
-      if (op_send_read(op) != 0) {
-        op_unsubscribe(op);
-        op_fail(op, UV_ECONNRESET, "redis: connection lost");
-      }
+    if (op->unlive == 0) list_move_back(&ready, &op->node);
+  }
+  while (!list_empty(&ready)) {
+    rhub_op_t *op = list_entry(ready.next, rhub_op_t, node);
+    list_remove(&op->node);
+    if (op_send_read(op) != 0) {
+      op_unsubscribe(op);
+      op_fail(op, UV_ECONNRESET, "redis: connection lost");
     }
   }
 }
@@ -717,11 +733,16 @@ static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     if (rep->element[2]->type == REDIS_REPLY_STRING)
       on_message(rc, rep->element[2]->str, rep->element[2]->len);
   } else if (strcmp(kind, "subscribe") == 0) {
+    conn_answered(&rc->rh->sub);
     if (rc->state == RC_SUBSCRIBING) rchan_live(rc);
     rchan_catchup_done(rc);
   } else if (strcmp(kind, "unsubscribe") == 0) {
+    conn_answered(&rc->rh->sub);
     if (rc->resubscribe && rc->ch->local[rc->rh->w->idx].count > 0) {
+      /* What it knew ended with the old subscription. */
       rc->resubscribe = 0;
+      rc->synced = 0;
+      rc->last_id = rc->base = 0;
       rc->state = RC_IDLE;
       rchan_send_subscribe(rc);
     } else {
@@ -771,8 +792,10 @@ static int op_send_read(rhub_op_t *op) {
   cmd_addu(&c, ttl);
   cmd_addu(&c, op->limit);
   for (int i = 0; i < nstreams; i++) {
+    /* "" reads from the start; an id, even "0-0", reads after it and
+     * tells of a gap (history reads without since are the first). */
     char id[32] = "";
-    int n = op->since[i] ? rhub_format_id(op->since[i], id) : 0;
+    int n = op->kind == OP_HISTORY && !op->history_since ? 0 : rhub_format_id(op->since[i], id);
     cmd_add2(&c, "", id, (size_t)n);
   }
   if (cmd_send(&c, rh->cmd.ac, on_read_reply, op) != REDIS_OK) return -1;
@@ -844,7 +867,9 @@ static void finish_subscribe(rhub_op_t *op, hub_msg_t *evs, size_t n, uint64_t w
   int w = op->rh->w->idx;
   for (int i = 0; i < op->n; i++) {
     rchan_t *rc = op->chs[i]->local[w].rc;
-    if (rc != NULL && rc->base == 0) rc->base = watermark;
+    if (rc == NULL || rc->synced) continue;
+    rc->base = watermark;
+    rc->synced = 1;
   }
   for (list_node_t *p = r->subs.next; p != &r->subs; p = p->next) {
     sub_t *s = list_entry(p, sub_t, rnode);
@@ -921,11 +946,21 @@ static void on_read_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     status = UV_ECANCELED; /* its pub/sub connection was lost since: stale */
     snprintf(why, sizeof(why), "redis: stale catch-up");
   } else if (status != 0 && op->kind == OP_CATCHUP) {
-    /* Sent again on the next command connection; meanwhile live events
-     * keep waiting. */
-    if (rep != NULL) log_error("redis: catch-up read failed: %s", why);
-    rh->catchup_wanted = 1;
+    if (rep == NULL) {
+      /* Sent again on the next command connection; meanwhile live events
+       * keep waiting. */
+      rh->catchup_wanted = 1;
+    } else {
+      /* Redis refused it (a busy script, a missing function): the pub/sub
+       * connection starts over, and with it the catch-up, after the
+       * back-off, rather than hold live events for good. */
+      char lost[300];
+      snprintf(lost, sizeof(lost), "catch-up read refused: %s", why);
+      conn_lost(&rh->sub, lost);
+    }
   }
+  if (rep != NULL && rep->type == REDIS_REPLY_ERROR && strstr(rep->str, "Function not found"))
+    conn_lost(&rh->cmd, why); /* its next connection loads them again */
   if (status != 0) {
     if (op->kind == OP_SUBSCRIBE) op_unsubscribe(op);
     op_fail(op, status, why);
@@ -973,12 +1008,12 @@ static void send_catchup(rhub_t *rh) {
   }
   for (list_node_t *p = rh->chans.next; p != &rh->chans; p = p->next) {
     rchan_t *rc = list_entry(p, rchan_t, node);
-    if (rc->ch->local[w].count == 0) continue;
+    /* A channel no read covered yet has only subscriptions whose own
+     * replays are on their way: they need no catch-up. */
+    if (rc->ch->local[w].count == 0 || !rc->synced) continue;
     hub_channel_retain(rh->w->srv->hub, rc->ch);
     op->chs[op->n] = rc->ch;
     op->since[op->n] = rc->last_id > rc->base ? rc->last_id : rc->base;
-    /* A channel that never got an event nor a replay: from now on. */
-    if (op->since[op->n] == 0) op->since[op->n] = 1;
     op->n++;
   }
   op->gen = rh->catchup_gen;
@@ -1048,8 +1083,8 @@ static void conn_ready(rconn_t *c) {
   if (c->state != LINK_CONNECTING) return;
   c->state = LINK_UP;
   uv_timer_stop(&c->timer);
-  /* While up, the command connection's timer watches for answers. */
-  if (c == &rh->cmd) uv_timer_start(&c->timer, on_conn_timer, ANSWER_TIMEOUT_MS / 5, ANSWER_TIMEOUT_MS / 5);
+  /* While up, its timer watches for answers. */
+  uv_timer_start(&c->timer, on_conn_timer, ANSWER_TIMEOUT_MS / 5, ANSWER_TIMEOUT_MS / 5);
   c->backoff_ms = BACKOFF_MIN_MS;
   c->down_since = 0;
   link_update(rh);
@@ -1110,6 +1145,9 @@ static redisAsyncContext *context_new(rconn_t *c) {
   }
   redisAsyncSetConnectCallback(ac, on_connect);
   redisAsyncSetDisconnectCallback(ac, on_disconnect);
+  /* A peer gone without a word (a partition, a NAT that forgot us) is
+   * found by TCP itself within about half a minute, even on a quiet link. */
+  redisEnableKeepAlive(&ac->c);
   cmd_t cmd;
   if (rh->cfg.password[0] != '\0') {
     cmd_init(&cmd);
@@ -1310,6 +1348,8 @@ static void on_publish_reply(redisAsyncContext *ac, void *reply, void *privdata)
     status = UV_EIO;
     snprintf(why, sizeof(why), "redis: %s", rep->str);
     res.err = why;
+    /* Someone removed the functions: the next connection loads them. */
+    if (strstr(rep->str, "Function not found")) conn_lost(&op->rh->cmd, why);
   } else if (rep->type != REDIS_REPLY_STRING || !rhub_parse_id(rep->str, rep->len, &res.id)) {
     status = UV_EIO;
     res.err = "redis: unexpected answer to a publish";
@@ -1354,6 +1394,15 @@ int rhub_publish(rhub_t *rh, const char *name, size_t len, const frame_t *body, 
   return 0;
 }
 
+/* Lets go of the channels of fresh[0..k) that this call followed and left
+ * without a subscriber (out of memory half way). */
+static void unfollow_unused(rhub_t *rh, hub_channel_t **fresh, int k) {
+  for (int j = 0; j < k; j++) {
+    hub_local_t *loc = &fresh[j]->local[rh->w->idx];
+    if (loc->rc != NULL && loc->count == 0) rchan_unfollow(loc->rc);
+  }
+}
+
 int rhub_subscribe(rhub_t *rh, struct req *r, hub_channel_t **chs, int n, int has_since,
                    uint64_t since, rhub_done_fn done, void *ud, rhub_op_t **opp,
                    rhub_result_t *res, const char **err) {
@@ -1366,44 +1415,48 @@ int rhub_subscribe(rhub_t *rh, struct req *r, hub_channel_t **chs, int n, int ha
   hub_channel_t **fresh = malloc((size_t)(n > 0 ? n : 1) * sizeof(*fresh));
   if (fresh == NULL) return UV_ENOMEM;
   int k = fanout_fresh(r, chs, n, fresh);
-  int all_live = 1, i;
+  if (k == 0) {
+    /* Every channel is followed already: nothing to replay (as in memory). */
+    free(fresh);
+    return 1;
+  }
+  int w = rh->w->idx;
+  int synced = 1, i;
   for (i = 0; i < k; i++) {
     rchan_t *rc = rchan_follow(rh, fresh[i]);
     if (rc == NULL) break;
-    if (rc->state != RC_LIVE) all_live = 0;
-  }
-  rhub_op_t *op = NULL;
-  if (i == k && !(!has_since && all_live && !rh->catching_up)) {
-    op = op_new(rh, OP_SUBSCRIBE, done, ud);
-    if (op != NULL) {
-      op->chs = malloc((size_t)(k > 0 ? k : 1) * sizeof(*op->chs));
-      op->live = calloc((size_t)(k > 0 ? k : 1), 1);
-      op->since = has_since ? malloc((size_t)(k > 0 ? k : 1) * sizeof(*op->since)) : NULL;
-      if (op->chs == NULL || op->live == NULL || (has_since && op->since == NULL)) {
-        op_free(op);
-        op = NULL;
-      }
-    }
-    if (op == NULL) i = -1;
+    if (rc->state != RC_LIVE || !rc->synced) synced = 0;
   }
   if (i != k) {
-    /* Out of memory: channels followed for this call alone are let go. */
-    for (int j = 0; j < k; j++) {
-      hub_local_t *loc = &fresh[j]->local[rh->w->idx];
-      if (loc->rc != NULL && loc->count == 0) rchan_unfollow(loc->rc);
-    }
+    unfollow_unused(rh, fresh, k);
     free(fresh);
     return UV_ENOMEM;
   }
-  int w = rh->w->idx;
-  if (op == NULL) {
-    /* Live already and nothing to replay: follow from the last event this
-     * worker delivered on each channel. */
-    for (i = 0; i < k; i++)
-      if (fanout_add(r, fresh[i], fresh[i]->local[w].rc->last_id) == NULL) break;
+  if (!has_since && synced && !rh->catching_up) {
+    /* Live and caught up already, nothing to replay: follow from the
+     * newest event this worker knows of on each channel. */
+    for (i = 0; i < k; i++) {
+      rchan_t *rc = fresh[i]->local[w].rc;
+      if (fanout_add(r, fresh[i], rc->last_id > rc->base ? rc->last_id : rc->base) == NULL) break;
+    }
+    if (i != k) unfollow_unused(rh, fresh, k);
     free(fresh);
-    if (i != k) return UV_ENOMEM;
-    return 1;
+    return i == k ? 1 : UV_ENOMEM;
+  }
+  rhub_op_t *op = op_new(rh, OP_SUBSCRIBE, done, ud);
+  if (op != NULL) {
+    op->chs = malloc((size_t)k * sizeof(*op->chs));
+    op->live = calloc((size_t)k, 1);
+    op->since = has_since ? malloc((size_t)k * sizeof(*op->since)) : NULL;
+    if (op->chs == NULL || op->live == NULL || (has_since && op->since == NULL)) {
+      op_free(op);
+      op = NULL;
+    }
+  }
+  if (op == NULL) {
+    unfollow_unused(rh, fresh, k);
+    free(fresh);
+    return UV_ENOMEM;
   }
   op->r = r;
   for (i = 0; i < k; i++) {
@@ -1422,13 +1475,15 @@ int rhub_subscribe(rhub_t *rh, struct req *r, hub_channel_t **chs, int n, int ha
     if (s == NULL) break;
     s->pending = op;
   }
-  free(fresh);
   if (i != k) {
     op_stop_waiting(op);
     op_unsubscribe(op);
     op_free(op);
+    unfollow_unused(rh, fresh, k);
+    free(fresh);
     return UV_ENOMEM;
   }
+  free(fresh);
   if (op->unlive > 0) {
     list_push_back(&rh->waiting, &op->node);
   } else if (op_send_read(op) != 0) {
@@ -1461,6 +1516,7 @@ int rhub_history(rhub_t *rh, const char *name, size_t len, int has_since, uint64
   op->name[len] = '\0';
   op->name_len = len;
   op->since[0] = has_since ? since : 0;
+  op->history_since = has_since != 0;
   op->limit = limit;
   if (op_send_read(op) != 0) {
     op_free(op);

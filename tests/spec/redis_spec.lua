@@ -254,6 +254,9 @@ describe("with --redis", function()
     assert.is_false(marker.ok)
     assert.is_true(#replay >= 5 and #replay < 400, tostring(#replay))
     assert.are.same({ table.unpack(ids, 400 - #replay + 1, 400) }, ids_of(replay))
+    -- From "0": everything kept, and the gap.
+    local _, m0 = subscribe(b, "short", "0")
+    assert.is_false(m0.ok)
     -- Resuming from a retained id: no gap.
     local _, m2, r2 = subscribe(b, "short", ids[399])
     assert.are.same({ replayed = 1, ok = true }, m2)
@@ -419,6 +422,36 @@ describe("with --redis", function()
     assert.matches("cmd connection to [%d.:]+ lost %(no answer for 5 s%)", a:log())
     r:signal("CONT")
     assert.is_truthy(testing.wait_for(function() return publish(a, "hung", "after") == 200 end, 10, 0.1))
+  end)
+
+  it("replays nothing to a stream that subscribes again to what it follows", function()
+    a = node()
+    publish_ok(a, "again", "x")
+    local stream = must(testing.client(a):sse("/sub-twice?ch=again", { timeout = 10 }))
+    opened[#opened + 1] = stream
+    assert.are.equal(": twice replayed=0 ok=true\n\n", must(stream:raw_until("\n\n", 5)))
+    local id = publish_ok(a, "again", "live")
+    assert.are.same({ id }, ids_of(events(stream, 1)))
+    assert_quiet(stream)
+  end)
+
+  it("recovers when the functions are removed from Redis", function()
+    a, b = node(), node()
+    local on_a = subscribe(a, "fn")
+    assert(r:call("FUNCTION", "DELETE", "sluice_v1"))
+    assert(r:call("CLIENT", "KILL", "TYPE", "pubsub"))
+    -- A's catch-up reads fail meanwhile (no function) and are tried again.
+    testing.sleep(0.5)
+    assert.matches("catch%-up", a:log())
+    -- B's next publish finds no function; its command connection starts
+    -- over and loads them again, and A's catch-up goes through.
+    local id
+    assert.is_truthy(testing.wait_for(function()
+      local status, body = publish(b, "fn", "after")
+      if status == 200 then id = body.id end
+      return id
+    end, 15, 0.2))
+    assert.are.same({ id }, ids_of(events(on_a, 1, 15)))
   end)
 
   it("answers a subscribe while Redis is down with nil, message", function()

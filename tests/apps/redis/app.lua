@@ -9,6 +9,8 @@
 --   POST /publish?ch=C           the body as data -> 200 { id }, or 503 { error }
 --   POST /burst?ch=C&n=N&tag=T   n events "T-1".."T-n" -> { ids }, stopping at the
 --                                first failure -> 503 { ids, error }
+--   GET  /sub-twice?ch=C         subscribe twice, the second time from "0", then
+--                                ": twice replayed=N ok=B"
 --   GET  /history?ch=C[&since=ID][&limit=N]   sluice.history as JSON
 --   GET  /stats                  sluice.stats()
 local sluice = require "sluice"
@@ -32,6 +34,15 @@ app:get("/sub", function(req)
     return
   end
   stream:comment(("subscribed replayed=%d ok=%s"):format(replayed, tostring(ok)))
+end)
+
+-- Subscribes twice to the same channels, the second time with a replay
+-- from "0": the stream follows them already, so it replays nothing.
+app:get("/sub-twice", function(req)
+  local stream = req:sse()
+  stream:subscribe(channels(req))
+  local replayed, ok = stream:subscribe(channels(req), { since = "0" })
+  stream:comment(("twice replayed=%s ok=%s"):format(tostring(replayed), tostring(ok)))
 end)
 
 app:post("/publish", function(req)
