@@ -366,7 +366,14 @@ local function emfile_case(workers)
     local limits = testing.read_file(("/proc/%d/limits"):format(server.pid)) or ""
     assert.matches("Max open files%s+64%s+64", limits)
 
-    for i = 1, 100 do held[i] = must(client:connect(2), nil, "held connection " .. i) end
+    -- Until the server runs out: then its workers close their listeners
+    -- (the back-off), and a connect may be refused rather than queued.
+    for i = 1, 100 do
+      local c = client:connect(2)
+      if not c then break end
+      held[i] = c
+    end
+    assert(#held >= 40, ("only %d connections could be held"):format(#held))
     flood = h.spawn { h.loadgen_bin(), "idle", "-p", server.port, "-n", 2000, "--retries", 0,
                       "--window", 200, "--connect-timeout", 2, "-t", 6, "-q", "--json" }
     testing.sleep(0.5)
@@ -375,8 +382,8 @@ local function emfile_case(workers)
     local log_lines, flooded = h.count_lines(server.log_path)
     local refused_res, refused_err = client:get("/hello/exhausted", { timeout = 1 })
     local workers_text = workers == 1 and "1 worker" or (workers .. " workers")
-    h.figure("%s, %d descriptors open (limit 64), 100 connections held + 2,000 flooding in: server CPU %.0f%% of a core over 1 s; %s; a new request %s",
-      workers_text, fds, cpu * 100,
+    h.figure("%s, %d descriptors open (limit 64), %d connections held + 2,000 flooding in: server CPU %.0f%% of a core over 1 s; %s; a new request %s",
+      workers_text, fds, #held, cpu * 100,
       flooded and ("over 1 MiB of log (%d+ lines)"):format(log_lines) or ("%d log lines"):format(log_lines),
       refused_res and ("answered " .. refused_res.status) or ("got " .. tostring(refused_err)))
     assert(fds >= 60, ("the server was not out of descriptors (%d open)"):format(fds))
