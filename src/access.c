@@ -6,6 +6,7 @@
 
 #include "http.h"
 #include "log.h"
+#include "put.h"
 #include "request.h"
 #include "worker.h"
 
@@ -31,25 +32,6 @@ static void put_target_text(buf_t *b, const char *s, size_t n) {
     }
   }
   b->len = (size_t)(p - b->p);
-}
-
-/* Appends n bytes (the buffer was reserved). */
-static char *put(char *p, const char *s, size_t n) {
-  memcpy(p, s, n);
-  return p + n;
-}
-
-/* Appends a string literal. */
-#define PUTL(p, lit) put(p, lit, sizeof(lit) - 1)
-
-/* Appends v in decimal. */
-static char *put_u64(char *p, uint64_t v) {
-  char tmp[20];
-  int n = 0;
-  do tmp[n++] = (char)('0' + v % 10);
-  while ((v /= 10) != 0);
-  while (n > 0) *p++ = tmp[--n];
-  return p;
 }
 
 /* Appends a duration in microseconds as milliseconds with three decimals. */
@@ -87,45 +69,45 @@ void access_log(req_t *r) {
   if (buf_reserve(b, RECORD_MAX + tn * 6) != 0) return;
   char *p = b->p + b->len;
   if (log_is_json()) {
-    p = PUTL(p, "{\"time\":\"");
-    p = put(p, ts, tlen);
-    p = PUTL(p, "\",\"type\":\"access\",\"worker\":");
+    p = PUT_LIT(p, "{\"time\":\"");
+    p = put_bytes(p, ts, tlen);
+    p = PUT_LIT(p, "\",\"type\":\"access\",\"worker\":");
     p = put_u64(p, (uint64_t)w->id);
-    p = PUTL(p, ",\"remote\":\"");
-    p = put(p, addr, strlen(addr));
-    p = PUTL(p, "\",\"method\":\"");
-    p = put(p, method, strlen(method));
-    p = PUTL(p, "\",\"target\":\"");
+    p = PUT_LIT(p, ",\"remote\":\"");
+    p = put_bytes(p, addr, strlen(addr));
+    p = PUT_LIT(p, "\",\"method\":\"");
+    p = put_bytes(p, method, strlen(method));
+    p = PUT_LIT(p, "\",\"target\":\"");
     p += log_json_escape(p, tn * 6, target, tn);
-    p = PUTL(p, "\",\"status\":");
+    p = PUT_LIT(p, "\",\"status\":");
     p = put_u64(p, (uint64_t)status);
-    p = PUTL(p, ",\"bytes\":");
+    p = PUT_LIT(p, ",\"bytes\":");
     p = put_u64(p, r->bytes);
-    p = PUTL(p, ",\"duration_ms\":");
+    p = PUT_LIT(p, ",\"duration_ms\":");
     p = put_ms(p, us);
-    p = r->streaming ? PUTL(p, ",\"stream\":true}\n") : PUTL(p, ",\"stream\":false}\n");
+    p = r->streaming ? PUT_LIT(p, ",\"stream\":true}\n") : PUT_LIT(p, ",\"stream\":false}\n");
     b->len = (size_t)(p - b->p);
   } else {
-    p = put(p, ts, tlen);
-    p = PUTL(p, " access [w");
+    p = put_bytes(p, ts, tlen);
+    p = PUT_LIT(p, " access [w");
     p = put_u64(p, (uint64_t)w->id);
-    p = PUTL(p, "] ");
-    p = put(p, addr, strlen(addr));
-    p = PUTL(p, " \"");
-    p = put(p, method, strlen(method));
+    p = PUT_LIT(p, "] ");
+    p = put_bytes(p, addr, strlen(addr));
+    p = PUT_LIT(p, " \"");
+    p = put_bytes(p, method, strlen(method));
     *p++ = ' ';
     if (tn == 0) *p++ = '-';
     b->len = (size_t)(p - b->p);
     put_target_text(b, target, tn); /* within what was reserved */
     p = b->p + b->len;
-    p = PUTL(p, "\" ");
+    p = PUT_LIT(p, "\" ");
     p = put_u64(p, (uint64_t)status);
     *p++ = ' ';
     p = put_u64(p, r->bytes);
     *p++ = ' ';
     p = put_ms(p, us);
-    p = PUTL(p, "ms");
-    if (r->streaming) p = PUTL(p, " stream");
+    p = PUT_LIT(p, "ms");
+    if (r->streaming) p = PUT_LIT(p, " stream");
     *p++ = '\n';
     b->len = (size_t)(p - b->p);
   }

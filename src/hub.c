@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sse_encode.h"
+
 #define HUB_INITIAL_RING 16
 #define HUB_TABLE_MIN 64
 /* Slots of the tombstone table (a power of two): 32 KiB for the hub. */
@@ -301,16 +303,11 @@ static int ring_room(hub_t *h, hub_channel_t *ch) {
   return 0;
 }
 
-/* Copies body with "id: N\n" inserted at offset at. */
+/* Copies body with the field "id: N" inserted at offset at. */
 static frame_t *with_id(const frame_t *body, size_t at, uint64_t id) {
-  char line[32];
-  int n = snprintf(line, sizeof(line), "id: %llu\n", (unsigned long long)id);
-  frame_t *f = frame_new(body->len + (size_t)n);
-  if (f == NULL) return NULL;
-  memcpy(f->data, body->data, at);
-  memcpy(f->data + at, line, (size_t)n);
-  memcpy(f->data + at + n, body->data + at, body->len - at);
-  return f;
+  char num[24];
+  int n = snprintf(num, sizeof(num), "%llu", (unsigned long long)id);
+  return sse_encode_with_id(body->data, body->len, at, num, (size_t)n);
 }
 
 /* Appends a message for ch's event to a worker's inbox and wakes the

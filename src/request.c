@@ -11,6 +11,7 @@
 #include "conn.h"
 #include "fanout.h"
 #include "log.h"
+#include "put.h"
 #include "runtime.h"
 #include "worker.h"
 
@@ -181,24 +182,6 @@ int req_finished(const req_t *r) {
 #define HEAD_START_MAX 128
 #define HEAD_END_MAX 96
 
-/* Copies n bytes to p and returns the position after them. */
-static char *put(char *p, const char *s, size_t n) {
-  memcpy(p, s, n);
-  return p + n;
-}
-
-/* Writes v in decimal at p and returns the position after it. */
-static char *put_decimal(char *p, uint64_t v) {
-  char tmp[20];
-  size_t n = 0;
-  do {
-    tmp[n++] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v != 0);
-  while (n > 0) *p++ = tmp[--n];
-  return p;
-}
-
 /* Renders the status line and the Date line every response carries into
  * out (HEAD_START_MAX bytes); returns their length.  Written by hand, not
  * with printf: this runs for every response. */
@@ -207,12 +190,12 @@ static size_t head_start(req_t *r, int status, char *out) {
   const char *reason = http_reason(status);
   size_t dlen;
   const char *date = worker_date(r->w, &dlen);
-  char *p = put(out, "HTTP/1.1 ", 9);
-  p = put_decimal(p, (uint64_t)(unsigned)status);
+  char *p = put_bytes(out, "HTTP/1.1 ", 9);
+  p = put_u64(p, (uint64_t)(unsigned)status);
   *p++ = ' ';
-  p = put(p, reason, strlen(reason));
-  p = put(p, "\r\n", 2);
-  p = put(p, date, dlen);
+  p = put_bytes(p, reason, strlen(reason));
+  p = put_bytes(p, "\r\n", 2);
+  p = put_bytes(p, date, dlen);
   return (size_t)(p - out);
 }
 
@@ -226,17 +209,17 @@ static int no_body_status(int status) {
 static size_t head_end(req_t *r, int status, size_t content_length, char *out) {
   char *p = out;
   if (!no_body_status(status)) {
-    p = put(p, "Content-Length: ", 16);
-    p = put_decimal(p, content_length);
-    p = put(p, "\r\n", 2);
+    p = put_bytes(p, "Content-Length: ", 16);
+    p = put_u64(p, content_length);
+    p = put_bytes(p, "\r\n", 2);
   }
   if (!r->keep_alive || r->w->stopping) {
     r->keep_alive = 0;
-    p = put(p, "Connection: close\r\n\r\n", 21);
+    p = put_bytes(p, "Connection: close\r\n\r\n", 21);
   } else if (r->msg.minor == 0) {
-    p = put(p, "Connection: keep-alive\r\n\r\n", 26);
+    p = put_bytes(p, "Connection: keep-alive\r\n\r\n", 26);
   } else {
-    p = put(p, "\r\n", 2);
+    p = put_bytes(p, "\r\n", 2);
   }
   return (size_t)(p - out);
 }
@@ -251,9 +234,9 @@ static frame_t *response_frame(req_t *r, int status, const char *hdrs, size_t hl
   size_t elen = head_end(r, status, content_length, end);
   frame_t *f = frame_new(slen + hlen + elen + blen);
   if (f == NULL) return NULL;
-  char *p = put(f->data, start, slen);
-  if (hlen) p = put(p, hdrs, hlen);
-  p = put(p, end, elen);
+  char *p = put_bytes(f->data, start, slen);
+  if (hlen) p = put_bytes(p, hdrs, hlen);
+  p = put_bytes(p, end, elen);
   if (blen) memcpy(p, body, blen);
   return f;
 }

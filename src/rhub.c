@@ -17,6 +17,7 @@
 #include "log.h"
 #include "request.h"
 #include "rpoll.h"
+#include "sse_encode.h"
 #include "worker.h"
 
 #define SEQ_BITS 22
@@ -523,23 +524,6 @@ static void on_defer(uv_timer_t *t) {
 
 /* ---------------------------------------------------------------- frames */
 
-/* The frame of an event: its bytes with "id: ID\n" inserted at offset at.
- * NULL when at is out of range or memory is short. */
-static frame_t *event_frame(const char *id, size_t idlen, const char *body, size_t len, uint64_t at) {
-  if (at > len) return NULL;
-  frame_t *f = frame_new(len + idlen + 5);
-  if (f == NULL) return NULL;
-  char *p = f->data;
-  memcpy(p, body, at);
-  p += at;
-  memcpy(p, "id: ", 4);
-  memcpy(p + 4, id, idlen);
-  p[4 + idlen] = '\n';
-  p += idlen + 5;
-  memcpy(p, body + at, len - at);
-  return f;
-}
-
 /* Delivers an event of rc's channel unless this worker has delivered it
  * (or a later one) already. */
 static void deliver(rchan_t *rc, uint64_t id, frame_t *f) {
@@ -562,7 +546,7 @@ static void on_message(rchan_t *rc, const char *s, size_t n) {
     return;
   }
   const char *body = sp2 + 1;
-  frame_t *f = event_frame(s, (size_t)(sp1 - s), body, n - (size_t)(body - s), at);
+  frame_t *f = sse_encode_with_id(body, n - (size_t)(body - s), at, s, (size_t)(sp1 - s));
   if (f == NULL) {
     log_warn("redis: event %.*s of channel '%s' dropped (bad offset or no memory)",
              (int)(sp1 - s), s, rc->ch->name);
@@ -839,7 +823,7 @@ static int read_events(rhub_op_t *op, redisReply *rep, hub_msg_t **out, size_t *
       if (idr->type != REDIS_REPLY_STRING || atr->type != REDIS_REPLY_STRING || ev->type != REDIS_REPLY_STRING ||
           !rhub_parse_id(idr->str, idr->len, &id) || !parse_num(atr->str, atr->len, UINT64_MAX, &at))
         continue;
-      frame_t *f = event_frame(idr->str, idr->len, ev->str, ev->len, at);
+      frame_t *f = sse_encode_with_id(ev->str, ev->len, at, idr->str, idr->len);
       if (f == NULL) continue;
       if (msgs_push(out, nout, &cap, (hub_msg_t){ch, id, f}) != 0) {
         frame_unref(f);

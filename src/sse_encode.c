@@ -203,3 +203,18 @@ frame_t *sse_encode_comment(const char *text, size_t n) {
   *p = '\n';
   return f;
 }
+
+frame_t *sse_encode_with_id(const char *ev, size_t len, size_t at, const char *id, size_t idlen) {
+  if (at > len) return NULL;
+  frame_t *f = frame_new(len + idlen + 5);
+  if (f == NULL) return NULL;
+  char *p = f->data;
+  memcpy(p, ev, at);
+  p += at;
+  memcpy(p, "id: ", 4);
+  memcpy(p + 4, id, idlen);
+  p[4 + idlen] = '\n';
+  p += idlen + 5;
+  memcpy(p, ev + at, len - at);
+  return f;
+}

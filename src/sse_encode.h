@@ -50,6 +50,12 @@ int sse_encode(const sse_event_t *ev, frame_t **out, enum sse_field *bad);
  * 0; -EINVAL with *bad set as above; -ENOMEM (out is left as it was). */
 int sse_encode_append(const sse_event_t *ev, buf_t *out, enum sse_field *bad);
 
+/* A copy of the encoded event ev[0..len) with the field "id: ID" inserted
+ * at byte offset at (where the encoder puts the id field: the hub numbers
+ * events after they are encoded).  NULL when at is past the end or memory
+ * is short. */
+frame_t *sse_encode_with_id(const char *ev, size_t len, size_t at, const char *id, size_t idlen);
+
 /* Encodes a comment: every line of text (split on CR, LF, CRLF) becomes
  * ": <line>\n" (":\n" for an empty line), then a blank line.  NULL text or
  * n == 0 gives the bare heartbeat ":\n\n".  NULL when out of memory. */
