@@ -94,7 +94,9 @@ describe("npm SSE clients against sluice", function()
     it("resumes a channel through its history while the publisher keeps going", function()
       -- The publisher starts in the background; ?lastEventId=0 makes the
       -- first connection replay whatever it missed before it connected.
-      local res = assert(testing.client(server):post("/feed/publish?n=60&every=0.02", ""))
+      -- It runs for 3 s: a client that starts slowly (Node under a loaded
+      -- or sanitized run) still meets it live for several holds.
+      local res = assert(testing.client(server):post("/feed/publish?n=60&every=0.05", ""))
       assert.are.equal(202, res.status)
       local out = browser.node("eventsource_client.mjs",
         { url = server:url("/feed?lastEventId=0&hold=0.25"), event = "feed", count = 60, until_data = "60" })
